@@ -1,0 +1,92 @@
+"""Reply records and ratings: the raw material of prompt refinement and training data.
+
+A `ReplyRecord` says exactly what produced a reply (persona, version, prompt, model, adapter,
+parameters), so every rating rates one precise prompt. The format is versioned (`schema`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+RECORD_SCHEMA = 1
+
+RatingValue = Literal[-1, 0, 1]
+
+
+def new_reply_id() -> str:
+    return uuid.uuid4().hex
+
+
+def prompt_hash(text: str) -> str:
+    """Short stable hash of a rendered prompt text (identifies which prompt was rated)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    reply_id: str
+    conversation_id: str
+    user_id: str
+    persona_id: str
+    persona_version: str
+    model: str
+    backend: str
+    adapter: str | None
+    generation: dict[str, Any]
+    #: The full prompt as sent to the model: [{"role": ..., "content": ...}, ...].
+    prompt_messages: list[dict[str, str]]
+    reply: str
+    latency_s: float
+    first_token_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    system_prompt_hash: str
+    variant: str = "default"
+    created_at: float = field(default_factory=time.time)
+    #: Transport ids (e.g. discord message/channel/guild ids).
+    context: dict[str, str] = field(default_factory=dict)
+    schema: int = RECORD_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ReplyRecord:
+        data = json.loads(raw)
+        data.pop("schema", None)
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    reply_id: str
+    user_id: str
+    value: RatingValue
+    at: float = field(default_factory=time.time)
+    #: Where the rating came from, e.g. {"source": "discord", "message_id": "..."}.
+    context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RatedReply:
+    """A reply with all its current ratings (user id -> +1/-1)."""
+
+    record: ReplyRecord
+    ratings: dict[str, int]
+
+    @property
+    def score(self) -> int:
+        return sum(self.ratings.values())
+
+    @property
+    def ups(self) -> int:
+        return sum(1 for v in self.ratings.values() if v > 0)
+
+    @property
+    def downs(self) -> int:
+        return sum(1 for v in self.ratings.values() if v < 0)

@@ -1,0 +1,121 @@
+"""The persona: a hard prompt (system prompt, examples, greeting) plus how to generate.
+
+Pure data with validation; loading from files lives in `bot.personas`.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Variables a system prompt or greeting may use, e.g. "You are talking to {user_name}".
+PROMPT_VARIABLES = frozenset(
+    {"user_name", "channel", "date", "time", "weekday", "persona_name", "bot_name", "server"}
+)
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def template_fields(template: str) -> set[str]:
+    """Names used as `{name}` in a template (raises ValueError on broken braces)."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def check_template(template: str) -> str:
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:
+        raise ValueError(f"broken braces in template: {exc} (write {{{{ and }}}} for literal braces)") from exc
+    unknown = sorted(f for f in fields if f not in PROMPT_VARIABLES)
+    if unknown:
+        known = ", ".join(sorted(PROMPT_VARIABLES))
+        raise ValueError(f"unknown variable(s) {', '.join('{' + u + '}' for u in unknown)}; known: {known}")
+    return template
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Example(_Strict):
+    """One few-shot exchange shown to the model before the conversation."""
+
+    user: str = Field(min_length=1)
+    assistant: str = Field(min_length=1)
+
+
+class GenerationParams(_Strict):
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    stop: tuple[str, ...] = Field(default=(), max_length=8)
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, stops: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class ModelChoice(_Strict):
+    """Which backend serves this persona; unset fields fall back to the global settings."""
+
+    backend: Literal["local", "openai", "scripted"] | None = None
+    name: str | None = Field(default=None, description="Remote model name (openai backend).")
+    base_url: str | None = Field(default=None, description="Remote server URL (openai backend).")
+
+
+class MemoryLimits(_Strict):
+    """Per-persona overrides of the global memory settings."""
+
+    max_turns: int | None = Field(default=None, ge=0, le=500)
+    max_tokens: int | None = Field(default=None, ge=0, le=32768)
+    ttl_seconds: int | None = Field(default=None, ge=0)
+
+
+class Identity(_Strict):
+    """How the persona appears in Discord when posting through a webhook."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=80)
+    avatar_url: str | None = None
+
+
+class Persona(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = Field(min_length=1, max_length=80)
+    description: str = ""
+    version: str = Field(default="1", min_length=1, max_length=32)
+    system_prompt: str = Field(min_length=1)
+    greeting: str | None = None
+    examples: tuple[Example, ...] = ()
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    model: ModelChoice = Field(default_factory=ModelChoice)
+    adapter: str | None = Field(default=None, description="Path of a PEFT adapter directory.")
+    memory: MemoryLimits = Field(default_factory=MemoryLimits)
+    identity: Identity | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        # YAML reads `version: 1.2` as a float; versions are labels, keep them as text.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("system_prompt", "greeting")
+    @classmethod
+    def _known_variables(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("adapter must be a directory path or left out")
+        return value

@@ -1,0 +1,123 @@
+"""Prompt assembly: persona hard prompt + examples + memory window + new message, within a budget.
+
+Pure functions: token counting is passed in, so this knows nothing of tokenizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from bot.domain.messages import ChatMessage, StoredTurn
+from bot.domain.persona import Persona
+from bot.errors import PromptTooLong
+
+#: Per-message overhead of chat templates (role markers), in tokens.
+MESSAGE_OVERHEAD = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PromptContext:
+    user_name: str
+    channel: str = "direct messages"
+    server: str = ""
+    bot_name: str = ""
+    now: datetime | None = None
+
+    def variables(self, persona: Persona) -> dict[str, str]:
+        now = self.now or datetime.now().astimezone()
+        return {
+            "user_name": self.user_name,
+            "channel": self.channel,
+            "server": self.server,
+            "bot_name": self.bot_name or persona.name,
+            "persona_name": persona.name,
+            "date": now.strftime("%Y-%m-%d"),
+            "time": now.strftime("%H:%M"),
+            "weekday": now.strftime("%A"),
+        }
+
+
+def render(template: str, persona: Persona, context: PromptContext) -> str:
+    # Templates were validated at load time (only known variables), so format_map cannot fail.
+    return template.format_map(context.variables(persona))
+
+
+def example_messages(persona: Persona) -> list[ChatMessage]:
+    out: list[ChatMessage] = []
+    for ex in persona.examples:
+        out += [ChatMessage("user", ex.user), ChatMessage("assistant", ex.assistant)]
+    return out
+
+
+def window_history(
+    history: Sequence[StoredTurn], *, max_turns: int, max_tokens: int, count: Callable[[str], int]
+) -> list[ChatMessage]:
+    """The newest messages that fit both the turn limit and the token budget, oldest first.
+
+    A window never starts with an assistant message cut off from the user message it answered.
+    """
+    kept: list[ChatMessage] = []
+    used = 0
+    for turn in reversed(history[-2 * max_turns :] if max_turns else []):
+        cost = count(turn.content) + MESSAGE_OVERHEAD
+        if used + cost > max_tokens:
+            break
+        kept.append(turn.as_message())
+        used += cost
+    kept.reverse()
+    while kept and kept[0].role == "assistant":
+        kept.pop(0)
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class AssembledPrompt:
+    messages: list[ChatMessage]
+    system_prompt: str
+    prompt_tokens: int
+    history_messages: int
+    examples_included: bool
+
+
+def assemble(
+    persona: Persona,
+    system_prompt: str,
+    history: Sequence[StoredTurn],
+    user_text: str,
+    *,
+    budget: int,
+    max_turns: int,
+    max_history_tokens: int,
+    count: Callable[[str], int],
+) -> AssembledPrompt:
+    """Build the message list for one turn.
+
+    Priority when the budget is tight: system prompt and new message (required), then the few-shot
+    examples (they carry the persona's voice), then as much recent history as fits.
+    """
+
+    def cost(messages: Sequence[ChatMessage]) -> int:
+        return sum(count(m.content) + MESSAGE_OVERHEAD for m in messages)
+
+    system = ChatMessage("system", system_prompt)
+    new = ChatMessage("user", user_text)
+    required = cost([system, new])
+    if required > budget:
+        raise PromptTooLong(required, budget)
+    examples = example_messages(persona)
+    examples_cost = cost(examples)
+    include_examples = required + examples_cost <= budget
+    remaining = budget - required - (examples_cost if include_examples else 0)
+    window = window_history(
+        history, max_turns=max_turns, max_tokens=min(max_history_tokens, remaining), count=count
+    )
+    messages = [system, *(examples if include_examples else []), *window, new]
+    return AssembledPrompt(
+        messages=messages,
+        system_prompt=system_prompt,
+        prompt_tokens=cost(messages),
+        history_messages=len(window),
+        examples_included=include_examples,
+    )

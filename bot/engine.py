@@ -1,0 +1,208 @@
+"""ChatEngine: the transport-agnostic core. Persona + memory + model + feedback, via ports only.
+
+    engine = ChatEngine(personas, memory, feedback, models, settings.memory)
+    async for event in engine.stream(request):
+        if isinstance(event, TextDelta): show(event.text)
+        else: finished(event)          # ReplyFinished: reply id, full text, record
+
+One conversation handles one message at a time (a lock per conversation id); different
+conversations run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from langchain_core.messages import AIMessageChunk, AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
+from bot.domain.messages import ChatMessage, ChatRequest, StoredTurn
+from bot.domain.persona import Persona
+from bot.domain.prompt import AssembledPrompt, PromptContext, assemble, render
+from bot.errors import BotError, ModelError
+from bot.ports import BoundModel, FeedbackLog, MemoryStore, ModelProvider, PersonaRegistry
+from bot.settings import MemorySettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFinished:
+    reply_id: str
+    text: str
+    persona: Persona
+    record: ReplyRecord
+
+
+ReplyEvent = TextDelta | ReplyFinished
+
+
+def to_langchain(messages: list[ChatMessage]) -> list[BaseMessage]:
+    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+    return [kinds[m.role](content=m.content) for m in messages]
+
+
+class ConversationLocks:
+    """One asyncio.Lock per conversation id; unused locks are garbage-collected."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def get(self, conversation_id: str) -> asyncio.Lock:
+        lock = self._locks.get(conversation_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[conversation_id] = lock
+        return lock
+
+    def busy(self, conversation_id: str) -> bool:
+        lock = self._locks.get(conversation_id)
+        return lock is not None and lock.locked()
+
+
+class ChatEngine:
+    def __init__(
+        self,
+        personas: PersonaRegistry,
+        memory: MemoryStore,
+        feedback: FeedbackLog,
+        models: ModelProvider,
+        memory_defaults: MemorySettings,
+        *,
+        default_persona: str,
+        bot_name: str = "",
+    ) -> None:
+        self.personas = personas
+        self.memory = memory
+        self.feedback = feedback
+        self.models = models
+        self.memory_defaults = memory_defaults
+        self.default_persona = default_persona
+        self.bot_name = bot_name
+        self.locks = ConversationLocks()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def persona_for(self, request: ChatRequest) -> Persona:
+        return self.personas.get(request.persona_id or self.default_persona)
+
+    async def reply(self, request: ChatRequest) -> ReplyFinished:
+        """Generate a whole reply (no streaming)."""
+        async for event in self.stream(request):
+            if isinstance(event, ReplyFinished):
+                return event
+        raise ModelError("the model stream ended without a reply")  # pragma: no cover - stream always finishes
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ReplyEvent]:
+        """Stream one reply: TextDelta events, then exactly one ReplyFinished.
+
+        Raises BotError subclasses (PersonaNotFound, StoreError, ModelError, PromptTooLong).
+        """
+        persona = self.persona_for(request)
+        async with self.locks.get(request.conversation_id):
+            bound = self.models.bind(persona)
+            max_turns, max_tokens, ttl = self._memory_limits(persona)
+            history = await self.memory.load(request.conversation_id, max_turns)
+            context = PromptContext(
+                user_name=request.speaker.name,
+                channel=request.channel_name,
+                server=request.server_name,
+                bot_name=self.bot_name,
+            )
+            prompt = assemble(
+                persona,
+                render(persona.system_prompt, persona, context),
+                history,
+                request.text,
+                budget=bound.context_window - persona.generation.max_new_tokens,
+                max_turns=max_turns,
+                max_history_tokens=max_tokens,
+                count=bound.count_tokens,
+            )
+            started = time.perf_counter()
+            first_token: float | None = None
+            parts: list[str] = []
+            usage: dict[str, int] = {}
+            async for chunk in self._generate(bound, prompt):
+                if chunk.usage_metadata:
+                    usage = dict(chunk.usage_metadata)
+                text = chunk.content if isinstance(chunk.content, str) else ""
+                if text:
+                    if first_token is None:
+                        first_token = time.perf_counter() - started
+                    parts.append(text)
+                    yield TextDelta(text)
+            reply_text = "".join(parts).strip()
+            record = ReplyRecord(
+                reply_id=new_reply_id(),
+                conversation_id=request.conversation_id,
+                user_id=request.speaker.id,
+                persona_id=persona.id,
+                persona_version=persona.version,
+                model=bound.model_name,
+                backend=bound.backend,
+                adapter=bound.adapter,
+                generation=persona.generation.model_dump(mode="json"),
+                prompt_messages=[m.to_dict() for m in prompt.messages],
+                reply=reply_text,
+                latency_s=round(time.perf_counter() - started, 4),
+                first_token_s=None if first_token is None else round(first_token, 4),
+                prompt_tokens=usage.get("input_tokens", prompt.prompt_tokens),
+                completion_tokens=usage.get("output_tokens", bound.count_tokens(reply_text)),
+                system_prompt_hash=prompt_hash(prompt.system_prompt),
+                context=dict(request.context),
+            )
+            turns = [
+                StoredTurn("user", request.text, user_id=request.speaker.id, persona_id=persona.id),
+                StoredTurn("assistant", reply_text, user_id=request.speaker.id, persona_id=persona.id),
+            ]
+            await self.memory.append(request.conversation_id, turns, max_turns=max_turns, ttl_seconds=ttl)
+            await self.feedback.record(record)
+            yield ReplyFinished(record.reply_id, reply_text, persona, record)
+
+    async def rate(self, reply_id: str, user_id: str, value: int, **context: str) -> None:
+        if value not in (-1, 0, 1):
+            raise ValueError("a rating is +1, -1 or 0 (remove)")
+        await self.feedback.rate(Rating(reply_id, user_id, value, context=context))  # type: ignore[arg-type]
+
+    async def reset(self, conversation_id: str) -> None:
+        await self.memory.clear(conversation_id)
+
+    async def forget_user(self, user_id: str) -> tuple[int, int]:
+        """Privacy: delete a user's messages and ratings everywhere. Returns (messages, records)."""
+        return await self.memory.forget_user(user_id), await self.feedback.forget_user(user_id)
+
+    async def greeting(self, persona: Persona, user_name: str, channel: str = "direct messages") -> str | None:
+        if persona.greeting is None:
+            return None
+        return render(persona.greeting, persona, PromptContext(user_name, channel, bot_name=self.bot_name))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _memory_limits(self, persona: Persona) -> tuple[int, int, int]:
+        d, p = self.memory_defaults, persona.memory
+        return (
+            d.max_turns if p.max_turns is None else p.max_turns,
+            d.max_tokens if p.max_tokens is None else p.max_tokens,
+            d.ttl_seconds if p.ttl_seconds is None else p.ttl_seconds,
+        )
+
+    async def _generate(self, bound: BoundModel, prompt: AssembledPrompt) -> AsyncIterator[AIMessageChunk]:
+        try:
+            async for chunk in bound.chat_model.astream(to_langchain(prompt.messages)):
+                yield chunk  # type: ignore[misc]
+        except BotError:
+            raise
+        except Exception as exc:
+            log.exception("model %s failed", bound.model_name)
+            raise ModelError(f"{bound.backend} model {bound.model_name} failed: {exc}") from exc

@@ -1,0 +1,93 @@
+"""The bot's error tree. Every error the bot raises on purpose is a `BotError`.
+
+    BotError
+    ├── ConfigError                  settings or environment unusable (one-line message for the CLI)
+    ├── PersonaError
+    │   ├── PersonaFileError         a persona file is broken: .path, .field, .line
+    │   └── PersonaNotFound          .persona_id is not loaded
+    ├── StoreError                   Redis failed (wraps the redis-py error as __cause__)
+    │   └── StoreUnavailable         Redis cannot be reached at all: .url (password masked)
+    ├── ModelError                   a backend failed while generating (wraps the cause)
+    │   ├── ModelLoadError           a model could not be loaded: .model
+    │   └── ModelBusy                the generation queue is full; try again soon
+    ├── PromptTooLong                the system prompt + new message exceed the context budget
+    └── ReplyNotFound                a rating named a reply the feedback log does not know
+
+Third-party errors are translated at the boundary (`raise StoreError(...) from exc`), so callers
+catch `BotError` subclasses and never redis-py, torch or httpx errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BotError(Exception):
+    """Root of every error the bot raises on purpose."""
+
+
+class ConfigError(BotError):
+    """Settings or environment are unusable."""
+
+
+class PersonaError(BotError):
+    """A persona problem."""
+
+
+class PersonaFileError(PersonaError):
+    """A persona file failed to parse or validate."""
+
+    def __init__(self, path: Path, message: str, *, field: str | None = None, line: int | None = None):
+        self.path = path
+        self.field = field
+        self.line = line
+        self.message = message
+        where = f"{path}:{line}" if line is not None else str(path)
+        what = f" [{field}]" if field else ""
+        super().__init__(f"{where}{what}: {message}")
+
+
+class PersonaNotFound(PersonaError):
+    def __init__(self, persona_id: str, known: list[str] | None = None):
+        self.persona_id = persona_id
+        hint = f" (known: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"no persona {persona_id!r}{hint}")
+
+
+class StoreError(BotError):
+    """Redis failed during an operation."""
+
+
+class StoreUnavailable(StoreError):
+    def __init__(self, url: str, reason: str):
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach Redis at {url}: {reason}")
+
+
+class ModelError(BotError):
+    """A model backend failed while generating."""
+
+
+class ModelLoadError(ModelError):
+    def __init__(self, model: str, reason: str):
+        self.model = model
+        self.reason = reason
+        super().__init__(f"cannot load model {model}: {reason}")
+
+
+class ModelBusy(ModelError):
+    """The generation queue is full."""
+
+
+class PromptTooLong(BotError):
+    def __init__(self, needed: int, budget: int):
+        self.needed = needed
+        self.budget = budget
+        super().__init__(f"prompt needs {needed} tokens but the context budget is {budget}")
+
+
+class ReplyNotFound(BotError):
+    def __init__(self, reply_id: str):
+        self.reply_id = reply_id
+        super().__init__(f"no reply {reply_id!r} in the feedback log")

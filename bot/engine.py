@@ -18,7 +18,7 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from langchain_core.messages import AIMessageChunk, AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 
 from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
 from bot.domain.messages import ChatMessage, ChatRequest, StoredTurn
@@ -112,7 +112,11 @@ class ChatEngine:
         async with self.locks.get(request.conversation_id):
             bound = self.models.bind(persona)
             max_turns, max_tokens, ttl = self._memory_limits(persona)
-            history = await self.memory.load(request.conversation_id, max_turns)
+            # Each persona remembers its own part of a conversation: after a persona switch the new
+            # voice must not read the old persona's replies as its own.
+            history = [
+                t for t in await self.memory.load(request.conversation_id, max_turns) if t.persona_id == persona.id
+            ]
             context = PromptContext(
                 user_name=request.speaker.name,
                 channel=request.channel_name,

@@ -62,8 +62,25 @@ class FeedbackSettings(BaseModel):
 
 
 class ConsoleSettings(BaseModel):
-    user_name: str = Field(default="you", description="Your name in the console chat ({user_name}).")
+    user_name: str = Field(default="friend", description="Your name in the console chat ({user_name}).")
     conversation: str = Field(default="default", description="Console conversation id (memory scope).")
+
+
+class DiscordSettings(BaseModel):
+    token: SecretStr | None = Field(default=None, description="Bot token from the Developer Portal.")
+    api_base: str = Field(default="https://discord.com/api/v10", description="REST API base URL.")
+    gateway_url: str | None = Field(default=None, description="Gateway URL (unset: ask the API).")
+    answer_in_dms: bool = Field(default=True, description="Answer direct messages.")
+    always_answer_channels: list[int] = Field(default_factory=list, description="Answer here without a mention.")
+    auto_thread: bool = Field(default=False, description="Open a thread for a mention in a channel.")
+    admin_role_ids: list[int] = Field(default_factory=list, description="Roles allowed to run admin commands.")
+    rating_reactions: bool = Field(default=True, description="Add 👍/👎 to finished replies as a hint.")
+    edit_interval_s: float = Field(default=1.0, ge=0.2, description="Minimum seconds between streaming edits.")
+    user_cooldown_s: float = Field(default=2.0, ge=0, description="Minimum seconds between a user's requests.")
+    channel_concurrency: int = Field(default=2, ge=1, description="Generations running at once per channel.")
+    channel_queue: int = Field(default=4, ge=0, description="Requests waiting per channel before 'busy'.")
+    max_input_chars: int = Field(default=4000, ge=100, description="Longer messages are truncated with a note.")
+    shard_count: int | None = Field(default=None, ge=1, description="Shards (unset: Discord's recommendation).")
 
 
 class Settings(BaseSettings):
@@ -83,3 +100,4 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)

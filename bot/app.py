@@ -1,0 +1,81 @@
+"""The composition root: the one place that turns `Settings` into concrete stores and backends.
+
+    async with build_runtime(settings) as runtime:
+        await runtime.engine.reply(request)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from bot.engine import ChatEngine
+from bot.feedback.redis_log import RedisFeedbackLog
+from bot.memory.redis_store import RedisMemoryStore
+from bot.models.provider import DefaultModelProvider
+from bot.personas.registry import FilePersonaRegistry
+from bot.ports import ModelProvider
+from bot.redis_conn import EmbeddedRedis, RedisHandle
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: RedisHandle
+    personas: FilePersonaRegistry
+    models: ModelProvider
+    memory: RedisMemoryStore
+    feedback: RedisFeedbackLog
+    engine: ChatEngine
+
+
+def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    if settings.redis.url is not None:
+        return settings.redis.url.get_secret_value(), None
+    embedded = EmbeddedRedis(settings.data_dir / "redis")
+    return embedded.start(), embedded
+
+
+@asynccontextmanager
+async def connect_redis(settings: Settings) -> AsyncIterator[RedisHandle]:
+    """Connect to the configured Redis, or start (and later stop) the embedded one."""
+    url, embedded = redis_url(settings)
+    try:
+        handle = await RedisHandle.connect(url, settings.redis)
+        try:
+            yield handle
+        finally:
+            await handle.aclose()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@asynccontextmanager
+async def build_runtime(
+    settings: Settings, *, model_provider: ModelProvider | None = None, warm_up: bool = True
+) -> AsyncIterator[Runtime]:
+    personas = FilePersonaRegistry(settings.personas_dir)
+    personas.reload()
+    provider = model_provider or DefaultModelProvider(settings.model, settings.data_dir)
+    async with connect_redis(settings) as redis:
+        # Redis first: an unreachable Redis should fail fast, before a model load.
+        if isinstance(provider, DefaultModelProvider):
+            personas.on_reload(provider.clear_cache)
+            if warm_up:
+                await provider.warm_up(personas.all())
+        memory = RedisMemoryStore(redis)
+        feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
+        engine = ChatEngine(
+            personas, memory, feedback, provider, settings.memory, default_persona=settings.default_persona
+        )
+        try:
+            yield Runtime(settings, redis, personas, provider, memory, feedback, engine)
+        finally:
+            if model_provider is None and isinstance(provider, DefaultModelProvider):
+                provider.close()  # only what this root created; a passed-in provider is the caller's

@@ -1,0 +1,149 @@
+"""`python -m bot ...`: the command line. Each command builds what it needs from `Settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bot.errors import BotError
+from bot.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Persona chat bots: console, Discord, feedback.")
+personas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate persona files.")
+feedback_app = typer.Typer(no_args_is_help=True, help="Ratings: export and reports.")
+app.add_typer(personas_app, name="personas")
+app.add_typer(feedback_app, name="feedback")
+
+err = Console(stderr=True)
+
+
+def settings() -> Settings:
+    loaded = Settings()
+    logging.basicConfig(
+        level=loaded.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return loaded
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a command; a BotError becomes one clear line on stderr and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except BotError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def chat(
+    persona: Annotated[str | None, typer.Option("--persona", "-p", help="Persona id (default: settings).")] = None,
+) -> None:
+    """Chat in the terminal (stdin may be a pipe: one message a line)."""
+    from bot.app import build_runtime
+    from bot.transports.console import run_console
+
+    cfg = settings()
+
+    async def main() -> None:
+        async with build_runtime(cfg) as runtime:
+            persona_id = persona or cfg.default_persona
+            runtime.personas.get(persona_id)  # fail early with the list of known personas
+            await run_console(runtime.engine, persona_id, user_name=cfg.console.user_name,
+                              conversation=cfg.console.conversation, stdin=sys.stdin, out=sys.stdout)
+
+    run_async(main())
+
+
+@app.command()
+def discord() -> None:
+    """Run the Discord bot (token: BOT_DISCORD__TOKEN)."""
+    from bot.transports.discord import run
+
+    run_async(run(settings()))
+
+
+@personas_app.command("check")
+def personas_check(directory: Annotated[Path | None, typer.Argument(help="Default: settings.personas_dir")] = None) -> None:
+    """Validate persona files and print a table; exit 1 if any file is broken."""
+    from bot.personas.loader import load_directory
+
+    cfg = settings()
+    result = load_directory(directory or cfg.personas_dir)
+    table = Table(title=f"Personas in {directory or cfg.personas_dir}")
+    for column in ("id", "name", "version", "backend", "adapter", "examples", "file"):
+        table.add_column(column)
+    for pid, p in sorted(result.personas.items()):
+        table.add_row(pid, p.name, p.version, p.model.backend or f"{cfg.model.backend} (default)",
+                      p.adapter or "-", str(len(p.examples)), str(result.sources[pid]))
+    Console().print(table)
+    for error in result.errors:
+        err.print(f"[red]✗[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")] = None,
+    persona: Annotated[str | None, typer.Option("--persona", help="Only this persona.")] = None,
+) -> None:
+    """Write rated replies as JSONL: prompt messages, reply, ratings, persona, version."""
+    from bot.app import connect_redis
+    from bot.feedback.redis_log import RedisFeedbackLog
+
+    cfg = settings()
+
+    async def main() -> int:
+        async with connect_redis(cfg) as redis:
+            log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
+            stream = out.open("w", encoding="utf-8") if out else sys.stdout
+            count = 0
+            try:
+                async for rated in log.iter_rated(persona):
+                    stream.write(jsonl_row(rated) + "\n")
+                    count += 1
+            finally:
+                if out:
+                    stream.close()
+            return count
+
+    count = run_async(main())
+    err.print(f"exported {count} rated replies" + (f" to {out}" if out else ""))
+
+
+def jsonl_row(rated: Any) -> str:
+    import json
+
+    r = rated.record
+    return json.dumps(
+        {
+            "reply_id": r.reply_id,
+            "persona_id": r.persona_id,
+            "persona_version": r.persona_version,
+            "variant": r.variant,
+            "model": r.model,
+            "adapter": r.adapter,
+            "system_prompt_hash": r.system_prompt_hash,
+            "messages": r.prompt_messages,
+            "reply": r.reply,
+            "rating": rated.score,
+            "ratings": rated.ratings,
+            "created_at": r.created_at,
+        },
+        ensure_ascii=False,
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,212 @@
+"""Reply records and ratings in Redis, built to stay cheap at a million replies.
+
+Keys (prefix `bot`; <sk> is the stats key "persona|version|variant"):
+    bot:reply:<id>              STRING  the ReplyRecord JSON (expires after the prompt retention)
+    bot:reply:<id>:meta         HASH    persona/version/variant/user/created/day (kept for counting)
+    bot:ratings:<id>            HASH    user -> +1 / -1
+    bot:ratings:<id>:ctx        HASH    user -> JSON of where the rating came from (discord ids...)
+    bot:stats:<sk>              HASH    replies / up / down counters, forever
+    bot:daily:<sk>              HASH    "<YYYY-MM-DD>:replies|up|down" counters, forever
+    bot:stats:index             SET     every <sk> (the report enumerates these, never KEYS)
+    bot:replies                 ZSET    reply id by creation time
+    bot:rated                   ZSET    rated reply ids by creation time
+    bot:persona:<pid>:rated     ZSET    the same, per persona
+    bot:user:<uid>:replies      SET     replies to this user      (for /forget-me)
+    bot:user:<uid>:rated        SET     replies this user rated   (for /forget-me)
+    bot:ext:<external id>       STRING  transport message id -> reply id
+
+A rating is one atomic Lua script: it swaps the user's old value for the new one and moves the
+counters accordingly, so counters never drift under concurrent or repeated ratings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from bot.domain.feedback import Rating, RatedReply, ReplyRecord
+from bot.errors import ReplyNotFound
+from bot.redis_conn import RedisHandle, store_errors
+
+PAGE = 200
+
+_RATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[7]) == 0 then return redis.error_reply('NOREPLY') end
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = tonumber(ARGV[2])
+local day = redis.call('HGET', KEYS[7], 'day')
+if old == 1 then redis.call('HINCRBY', KEYS[2], 'up', -1); redis.call('HINCRBY', KEYS[3], day .. ':up', -1) end
+if old == -1 then redis.call('HINCRBY', KEYS[2], 'down', -1); redis.call('HINCRBY', KEYS[3], day .. ':down', -1) end
+if new == 1 then redis.call('HINCRBY', KEYS[2], 'up', 1); redis.call('HINCRBY', KEYS[3], day .. ':up', 1) end
+if new == -1 then redis.call('HINCRBY', KEYS[2], 'down', 1); redis.call('HINCRBY', KEYS[3], day .. ':down', 1) end
+if new == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1]); redis.call('HDEL', KEYS[8], ARGV[1]); redis.call('SREM', KEYS[6], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], new); redis.call('HSET', KEYS[8], ARGV[1], ARGV[4])
+  redis.call('SADD', KEYS[6], ARGV[3])
+  local created = redis.call('HGET', KEYS[7], 'created')
+  redis.call('ZADD', KEYS[4], 'NX', created, ARGV[3]); redis.call('ZADD', KEYS[5], 'NX', created, ARGV[3])
+end
+return old
+"""
+
+
+def stats_key(persona_id: str, version: str, variant: str) -> str:
+    return f"{persona_id}|{version}|{variant}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisFeedbackLog:
+    def __init__(self, redis: RedisHandle, *, retention_days: int = 0) -> None:
+        self.redis = redis
+        self.retention_s = retention_days * 86400
+        self._rate = redis.client.register_script(_RATE_SCRIPT)
+
+    def k(self, *parts: str) -> str:
+        return self.redis.key(*parts)
+
+    async def record(self, record: ReplyRecord) -> None:
+        rid, sk = record.reply_id, stats_key(record.persona_id, record.persona_version, record.variant)
+        day = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d")
+        meta = {
+            "persona": record.persona_id,
+            "version": record.persona_version,
+            "variant": record.variant,
+            "user": record.user_id,
+            "created": repr(record.created_at),
+            "day": day,
+            "sk": sk,
+        }
+        with store_errors("record a reply"):
+            async with self.redis.client.pipeline(transaction=True) as pipe:
+                pipe.set(self.k("reply", rid), record.to_json(), ex=self.retention_s or None)
+                pipe.hset(self.k("reply", rid, "meta"), mapping=meta)
+                pipe.hincrby(self.k("stats", sk), "replies", 1)
+                pipe.hincrby(self.k("daily", sk), f"{day}:replies", 1)
+                pipe.sadd(self.k("stats", "index"), sk)
+                pipe.zadd(self.k("replies"), {rid: record.created_at})
+                pipe.sadd(self.k("user", record.user_id, "replies"), rid)
+                await pipe.execute()
+
+    async def get(self, reply_id: str) -> ReplyRecord | None:
+        with store_errors("read a reply"):
+            raw = await self.redis.client.get(self.k("reply", reply_id))
+        return None if raw is None else ReplyRecord.from_json(raw)
+
+    async def rate(self, rating: Rating) -> None:
+        rid = rating.reply_id
+        with store_errors("store a rating"):
+            meta = await self.redis.client.hgetall(self.k("reply", rid, "meta"))
+            if not meta:
+                raise ReplyNotFound(rid)
+            sk = _text(meta[b"sk"])
+            persona = sk.split("|", 1)[0]
+            context = json.dumps({**rating.context, "at": rating.at})
+            try:
+                await self._rate(
+                    keys=[
+                        self.k("ratings", rid),
+                        self.k("stats", sk),
+                        self.k("daily", sk),
+                        self.k("rated"),
+                        self.k("persona", persona, "rated"),
+                        self.k("user", rating.user_id, "rated"),
+                        self.k("reply", rid, "meta"),
+                        self.k("ratings", rid, "ctx"),
+                    ],
+                    args=[rating.user_id, rating.value, rid, context],
+                )
+            except Exception as exc:
+                if "NOREPLY" in str(exc):
+                    raise ReplyNotFound(rid) from exc
+                raise
+
+    async def ratings(self, reply_id: str) -> dict[str, int]:
+        with store_errors("read ratings"):
+            raw = await self.redis.client.hgetall(self.k("ratings", reply_id))
+        return {_text(user): int(value) for user, value in raw.items()}
+
+    async def rating_contexts(self, reply_id: str) -> dict[str, dict[str, object]]:
+        with store_errors("read rating contexts"):
+            raw = await self.redis.client.hgetall(self.k("ratings", reply_id, "ctx"))
+        return {_text(user): json.loads(value) for user, value in raw.items()}
+
+    async def link(self, external_id: str, reply_id: str) -> None:
+        with store_errors("link a message to a reply"):
+            await self.redis.client.set(self.k("ext", external_id), reply_id, ex=self.retention_s or None)
+
+    async def resolve(self, external_id: str) -> str | None:
+        with store_errors("look up a message"):
+            raw = await self.redis.client.get(self.k("ext", external_id))
+        return None if raw is None else _text(raw)
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per "persona|version|variant": replies, up, down (kept forever)."""
+        with store_errors("read rating counters"):
+            keys = sorted(_text(k) for k in await self.redis.client.smembers(self.k("stats", "index")))
+            async with self.redis.client.pipeline(transaction=False) as pipe:
+                for sk in keys:
+                    pipe.hgetall(self.k("stats", sk))
+                rows = await pipe.execute()
+        return {sk: {_text(f): int(v) for f, v in row.items()} for sk, row in zip(keys, rows, strict=True)}
+
+    async def daily(self, sk: str) -> dict[str, dict[str, int]]:
+        """Per-day counters of one "persona|version|variant": {day: {replies, up, down}}."""
+        with store_errors("read daily counters"):
+            raw = await self.redis.client.hgetall(self.k("daily", sk))
+        out: dict[str, dict[str, int]] = {}
+        for field, value in raw.items():
+            day, _, kind = _text(field).partition(":")
+            out.setdefault(day, {})[kind] = int(value)
+        return dict(sorted(out.items()))
+
+    async def iter_rated(self, persona_id: str | None = None) -> AsyncIterator[RatedReply]:
+        index = self.k("persona", persona_id, "rated") if persona_id else self.k("rated")
+        start = 0
+        while True:
+            with store_errors("page through rated replies"):
+                ids = [_text(i) for i in await self.redis.client.zrange(index, start, start + PAGE - 1)]
+                if not ids:
+                    return
+                async with self.redis.client.pipeline(transaction=False) as pipe:
+                    for rid in ids:
+                        pipe.get(self.k("reply", rid))
+                        pipe.hgetall(self.k("ratings", rid))
+                    rows = await pipe.execute()
+            for raw, ratings in zip(rows[::2], rows[1::2], strict=True):
+                if raw is None or not ratings:
+                    continue  # prompt text expired (retention) or every rating was withdrawn
+                yield RatedReply(ReplyRecord.from_json(raw), {_text(u): int(v) for u, v in ratings.items()})
+            start += PAGE
+
+    async def forget_user(self, user_id: str) -> int:
+        """Delete replies to this user and this user's ratings elsewhere; returns how many of each.
+
+        Counters stay: they are anonymous aggregates, and reports must not jump when a user leaves.
+        """
+        client = self.redis.client
+        with store_errors("forget a user's feedback"):
+            replies = [_text(r) for r in await client.smembers(self.k("user", user_id, "replies"))]
+            rated = [_text(r) for r in await client.smembers(self.k("user", user_id, "rated"))]
+            rated = [rid for rid in rated if rid not in set(replies)]
+            async with client.pipeline(transaction=False) as pipe:
+                for rid in replies:
+                    pipe.hget(self.k("reply", rid, "meta"), "persona")
+                personas = [_text(p) if p else "" for p in await pipe.execute()]
+            async with client.pipeline(transaction=True) as pipe:
+                for rid, persona in zip(replies, personas, strict=True):
+                    pipe.delete(self.k("reply", rid), self.k("ratings", rid), self.k("ratings", rid, "ctx"))
+                    pipe.hdel(self.k("reply", rid, "meta"), "user")
+                    pipe.zrem(self.k("replies"), rid)
+                    pipe.zrem(self.k("rated"), rid)
+                    pipe.zrem(self.k("persona", persona, "rated"), rid)
+                for rid in rated:
+                    pipe.hdel(self.k("ratings", rid), user_id)
+                    pipe.hdel(self.k("ratings", rid, "ctx"), user_id)
+                pipe.delete(self.k("user", user_id, "replies"), self.k("user", user_id, "rated"))
+                await pipe.execute()
+        return len(replies) + len(rated)

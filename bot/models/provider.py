@@ -1,0 +1,109 @@
+"""Bind personas to chat models: local transformers, an OpenAI-compatible server, or scripted.
+
+The local model is loaded once per process and shared by every persona (each persona only adds
+its generation parameters). Remote and scripted models are cheap and cached per persona.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+
+from langchain_core.language_models.chat_models import BaseChatModel
+
+from bot.domain.persona import Persona
+from bot.errors import ConfigError
+from bot.models.local import LocalChatModel, LocalRuntime
+from bot.models.local_loader import load_local_model
+from bot.models.scripted import ScriptedChatModel, approx_token_count
+from bot.ports import BoundModel
+from bot.settings import Backend, ModelSettings
+
+log = logging.getLogger(__name__)
+
+REMOTE_CONTEXT = 8192
+
+
+class DefaultModelProvider:
+    def __init__(self, settings: ModelSettings, data_dir: Path, *, runtime: LocalRuntime | None = None) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self._runtime = runtime
+        self._runtime_lock = threading.Lock()
+        self._cache: dict[tuple[str, str], BaseChatModel] = {}
+
+    def backend_of(self, persona: Persona) -> Backend:
+        return persona.model.backend or self.settings.backend
+
+    # -- local -------------------------------------------------------------------------------
+
+    def local_runtime(self) -> LocalRuntime:
+        with self._runtime_lock:
+            if self._runtime is None:
+                loaded = load_local_model(self.settings, self.data_dir)
+                log.info("loaded %s in %.1fs (cached: %s)", loaded.name, loaded.load_seconds, loaded.from_cache)
+                self._runtime = LocalRuntime(loaded)
+            return self._runtime
+
+    async def warm_up(self, personas: list[Persona]) -> None:
+        """Load the local model off the event loop before the first message needs it."""
+        if any(self.backend_of(p) == "local" for p in personas):
+            await asyncio.to_thread(self.local_runtime)
+
+    def clear_cache(self) -> None:
+        """Forget per-persona models (after a persona reload)."""
+        self._cache.clear()
+
+    # -- binding -----------------------------------------------------------------------------
+
+    def bind(self, persona: Persona) -> BoundModel:
+        backend = self.backend_of(persona)
+        if backend == "local":
+            runtime = self.local_runtime()
+            return BoundModel(
+                chat_model=LocalChatModel(runtime=runtime, params=persona.generation),
+                backend="local",
+                model_name=runtime.name,
+                adapter=persona.adapter,
+                context_window=runtime.loaded.context_window,
+                count_tokens=runtime.count_tokens,
+            )
+        key = (persona.id, persona.version)
+        if backend == "openai":
+            name = persona.model.name or self.settings.openai_model
+            model = self._cache.get(key) or self._cache.setdefault(key, self._openai(persona, name))
+            return BoundModel(model, "openai", name, persona.adapter, self.settings.context_window or REMOTE_CONTEXT,
+                              approx_token_count)
+        model = self._cache.get(key) or self._cache.setdefault(key, ScriptedChatModel(persona_name=persona.name))
+        return BoundModel(model, "scripted", "scripted", persona.adapter, self.settings.context_window or 4096,
+                          approx_token_count)
+
+    def _openai(self, persona: Persona, name: str) -> BaseChatModel:
+        from langchain_openai import ChatOpenAI
+
+        base_url = persona.model.base_url or self.settings.openai_base_url
+        if base_url is None and self.settings.openai_api_key.get_secret_value() == "not-needed":
+            raise ConfigError(f"persona {persona.id} uses the openai backend: set BOT_MODEL__OPENAI_BASE_URL "
+                              "and/or BOT_MODEL__OPENAI_API_KEY")
+        params = persona.generation
+        # repetition_penalty is not an OpenAI parameter; self-hosted servers (vLLM) accept it.
+        extra = {"repetition_penalty": params.repetition_penalty} if base_url else None
+        return ChatOpenAI(
+            model=name,
+            base_url=base_url,
+            api_key=self.settings.openai_api_key,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_completion_tokens=params.max_new_tokens,
+            stop_sequences=list(params.stop) or None,
+            stream_usage=True,
+            timeout=self.settings.request_timeout,
+            max_retries=1,
+            extra_body=extra,
+        )
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()

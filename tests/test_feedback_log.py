@@ -1,0 +1,121 @@
+"""RedisFeedbackLog against a real redis-server: records, ratings, counters, paging, forget-me."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.domain.feedback import Rating, ReplyRecord, new_reply_id
+from bot.errors import ReplyNotFound
+from bot.feedback.redis_log import RedisFeedbackLog, stats_key
+from bot.redis_conn import RedisHandle
+
+
+def record(user: str = "u1", persona: str = "p", variant: str = "default", created: float = 1_700_000_000.0,
+           reply: str = "hello") -> ReplyRecord:
+    return ReplyRecord(
+        reply_id=new_reply_id(), conversation_id="c", user_id=user, persona_id=persona, persona_version="1",
+        model="m", backend="scripted", adapter=None, generation={"temperature": 0.0},
+        prompt_messages=[{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}],
+        reply=reply, latency_s=0.1, first_token_s=0.05, prompt_tokens=3, completion_tokens=1,
+        system_prompt_hash="abc", variant=variant, created_at=created,
+    )
+
+
+async def test_record_round_trip(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    await log.record(r)
+    assert await log.get(r.reply_id) == r
+    assert await log.get("missing") is None
+    assert (await log.stats())[stats_key("p", "1", "default")]["replies"] == 1
+
+
+async def test_one_rating_per_user_latest_wins_and_counters_follow(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    await log.record(r)
+    sk = stats_key("p", "1", "default")
+    await log.rate(Rating(r.reply_id, "alice", 1))
+    await log.rate(Rating(r.reply_id, "alice", 1))
+    await log.rate(Rating(r.reply_id, "bob", -1))
+    assert await log.ratings(r.reply_id) == {"alice": 1, "bob": -1}
+    assert (await log.stats())[sk] == {"replies": 1, "up": 1, "down": 1}
+    await log.rate(Rating(r.reply_id, "alice", -1))
+    assert (await log.stats())[sk] == {"replies": 1, "up": 0, "down": 2}
+    await log.rate(Rating(r.reply_id, "bob", 0))
+    assert await log.ratings(r.reply_id) == {"alice": -1}
+    assert (await log.stats())[sk] == {"replies": 1, "up": 0, "down": 1}
+    assert (await log.daily(sk)) == {"2023-11-14": {"replies": 1, "up": 0, "down": 1}}
+
+
+async def test_concurrent_ratings_keep_counters_exact(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    await log.record(r)
+    votes = [Rating(r.reply_id, f"user{i % 10}", 1 if i % 3 else -1) for i in range(60)]
+    await asyncio.gather(*(log.rate(v) for v in votes))
+    final = await log.ratings(r.reply_id)
+    counters = (await log.stats())[stats_key("p", "1", "default")]
+    assert counters["up"] == sum(1 for v in final.values() if v == 1)
+    assert counters["down"] == sum(1 for v in final.values() if v == -1)
+
+
+async def test_rating_context_is_kept(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    await log.record(r)
+    await log.rate(Rating(r.reply_id, "discord:7", 1, context={"message_id": "55", "guild_id": "9"}))
+    ctx = (await log.rating_contexts(r.reply_id))["discord:7"]
+    assert ctx["message_id"] == "55" and ctx["guild_id"] == "9" and "at" in ctx
+
+
+async def test_rating_an_unknown_reply_is_an_error(redis_handle: RedisHandle) -> None:
+    with pytest.raises(ReplyNotFound):
+        await RedisFeedbackLog(redis_handle).rate(Rating("nope", "alice", 1))
+
+
+async def test_iter_rated_pages_in_time_order_and_filters_persona(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    records = [record(persona="p" if i % 2 else "q", created=1_700_000_000.0 + i) for i in range(450)]
+    for r in records:
+        await log.record(r)
+    for r in records[::3]:
+        await log.rate(Rating(r.reply_id, "alice", 1))
+    everything = [x.record.reply_id async for x in log.iter_rated()]
+    assert everything == [r.reply_id for r in records[::3]]
+    only_p = [x.record.persona_id async for x in log.iter_rated("p")]
+    assert only_p and set(only_p) == {"p"}
+
+
+async def test_link_and_resolve(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    await log.link("discord:msg:1", "r1")
+    assert await log.resolve("discord:msg:1") == "r1"
+    assert await log.resolve("discord:msg:2") is None
+
+
+async def test_retention_expires_prompt_text_but_keeps_counts(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle, retention_days=30)
+    r = record()
+    await log.record(r)
+    ttl = await redis_handle.client.ttl(redis_handle.key("reply", r.reply_id))
+    assert 29 * 86400 < ttl <= 30 * 86400
+    assert await redis_handle.client.ttl(redis_handle.key("stats", stats_key("p", "1", "default"))) == -1
+
+
+async def test_forget_user_removes_their_replies_and_ratings(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    mine, theirs = record(user="alice"), record(user="bob")
+    await log.record(mine)
+    await log.record(theirs)
+    await log.rate(Rating(mine.reply_id, "alice", 1))
+    await log.rate(Rating(theirs.reply_id, "alice", -1))
+    await log.rate(Rating(theirs.reply_id, "bob", 1))
+    assert await log.forget_user("alice") == 2
+    assert await log.get(mine.reply_id) is None
+    assert await log.ratings(theirs.reply_id) == {"bob": 1}
+    rated = [x async for x in log.iter_rated()]
+    assert [x.record.reply_id for x in rated] == [theirs.reply_id]
+    assert all("alice" not in x.ratings for x in rated)

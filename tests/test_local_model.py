@@ -1,0 +1,84 @@
+"""Generation with the real SmolLM2-135M-Instruct through the engine (CPU; a few tokens each)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import Runtime, build_runtime
+from bot.domain.messages import ChatRequest, Speaker
+from bot.engine import ReplyFinished, TextDelta
+from bot.models.local import LocalRuntime
+from bot.models.local_loader import LoadedModel
+from bot.models.provider import DefaultModelProvider
+from bot.settings import ModelSettings, Settings
+
+pytestmark = pytest.mark.model
+
+PERSONA = """\
+id: tiny
+name: Tiny
+system_prompt: You are a concise assistant. Answer in one short sentence.
+generation:
+  temperature: 0.0
+  max_new_tokens: 12
+  repetition_penalty: 1.0
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_runtime(local_model: LoadedModel) -> LocalRuntime:
+    return LocalRuntime(local_model)
+
+
+@contextlib.asynccontextmanager
+async def runtime_with(settings: Settings, shared: LocalRuntime, extra: str = "") -> AsyncIterator[Runtime]:
+    (Path(settings.personas_dir) / "tiny.yaml").write_text(PERSONA.format(extra=extra))
+    provider = DefaultModelProvider(ModelSettings(), settings.data_dir, runtime=shared)
+    async with build_runtime(settings, model_provider=provider) as rt:
+        yield rt
+
+
+def ask(text: str, conversation: str = "m1") -> ChatRequest:
+    return ChatRequest(conversation, Speaker("u", "Sam"), text, persona_id="tiny")
+
+
+async def test_streams_real_tokens_and_records_usage(settings: Settings, shared_runtime: LocalRuntime) -> None:
+    async with runtime_with(settings, shared_runtime) as rt:
+        events = [e async for e in rt.engine.stream(ask("What is the capital of France?"))]
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    done = events[-1]
+    assert isinstance(done, ReplyFinished)
+    assert len(deltas) >= 2 and done.text
+    record = done.record
+    assert record.backend == "local" and record.model == "SmolLM2-135M-Instruct"
+    assert 0 < record.completion_tokens <= 12
+    assert record.prompt_tokens == len(shared_runtime.encode_chat(record.prompt_messages))
+    assert record.first_token_s is not None and record.first_token_s <= record.latency_s
+
+
+async def test_greedy_is_deterministic_and_stop_strings_cut(settings: Settings, shared_runtime: LocalRuntime) -> None:
+    async with runtime_with(settings, shared_runtime) as rt:
+        first = await rt.engine.reply(ask("Name three colours.", "a"))
+        second = await rt.engine.reply(ask("Name three colours.", "b"))
+    assert first.text == second.text
+    words = first.text.split()
+    assert len(words) >= 3
+    stop = words[2]
+    async with runtime_with(settings, shared_runtime, f"  stop: [{stop!r}]") as rt:
+        cut = await rt.engine.reply(ask("Name three colours.", "c"))
+    assert cut.text == first.text[: first.text.index(stop)].strip()
+
+
+async def test_abandoned_stream_frees_the_worker(settings: Settings, shared_runtime: LocalRuntime) -> None:
+    async with runtime_with(settings, shared_runtime) as rt:
+        async with contextlib.aclosing(rt.engine.stream(ask("Tell me a long story.", "x"))) as events:
+            async for event in events:
+                assert isinstance(event, TextDelta)
+                break
+        done = await rt.engine.reply(ask("Say hi.", "y"))
+    assert done.text

@@ -73,8 +73,32 @@ def discord() -> None:
     run_async(run(settings()))
 
 
+@app.command()
+def config(markdown: Annotated[bool, typer.Option(help="Print the README's Markdown table.")] = False) -> None:
+    """Show every setting: environment variable, default and (with the current environment) value."""
+    from bot.settings import setting_rows
+
+    if markdown:
+        print("| Environment variable | Default | Meaning |\n|---|---|---|")
+        for env, default, description in setting_rows():
+            print(f"| `{env}` | `{default}` | {description} |")
+        return
+    current = settings().model_dump(mode="json")
+    table = Table(title="Settings (secrets masked)")
+    for column in ("variable", "value", "meaning"):
+        table.add_column(column)
+    for env, _, description in setting_rows():
+        value: object = current
+        for part in env.removeprefix("BOT_").lower().split("__"):
+            value = value.get(part) if isinstance(value, dict) else None
+        table.add_row(env, str(value), description)
+    Console().print(table)
+
+
 @personas_app.command("check")
-def personas_check(directory: Annotated[Path | None, typer.Argument(help="Default: settings.personas_dir")] = None) -> None:
+def personas_check(
+    directory: Annotated[Path | None, typer.Argument(help="Default: settings.personas_dir")] = None,
+) -> None:
     """Validate persona files and print a table; exit 1 if any file is broken."""
     from bot.personas.loader import load_directory
 

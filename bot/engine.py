@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
@@ -103,7 +103,7 @@ class ChatEngine:
                 return event
         raise ModelError("the model stream ended without a reply")  # pragma: no cover - stream always finishes
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ReplyEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Stream one reply: TextDelta events, then exactly one ReplyFinished.
 
         Raises BotError subclasses (PersonaNotFound, StoreError, ModelError, PromptTooLong).
@@ -139,7 +139,7 @@ class ChatEngine:
             usage: dict[str, int] = {}
             async for chunk in self._generate(bound, prompt):
                 if chunk.usage_metadata:
-                    usage = dict(chunk.usage_metadata)
+                    usage = {k: int(v) for k, v in chunk.usage_metadata.items() if isinstance(v, int)}
                 text = chunk.content if isinstance(chunk.content, str) else ""
                 if text:
                     if first_token is None:
@@ -204,7 +204,7 @@ class ChatEngine:
     async def _generate(self, bound: BoundModel, prompt: AssembledPrompt) -> AsyncIterator[AIMessageChunk]:
         try:
             async for chunk in bound.chat_model.astream(to_langchain(prompt.messages)):
-                yield chunk  # type: ignore[misc]
+                yield chunk
         except BotError:
             raise
         except Exception as exc:

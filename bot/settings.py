@@ -81,6 +81,7 @@ class DiscordSettings(BaseModel):
     channel_queue: int = Field(default=4, ge=0, description="Requests waiting per channel before 'busy'.")
     max_input_chars: int = Field(default=4000, ge=100, description="Longer messages are truncated with a note.")
     shard_count: int | None = Field(default=None, ge=1, description="Shards (unset: Discord's recommendation).")
+    sync_commands: bool = Field(default=True, description="Register the slash commands with Discord at startup.")
 
 
 class Settings(BaseSettings):
@@ -101,3 +102,18 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+
+
+def setting_rows(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, nested ones flattened."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += setting_rows(annotation, env + "__")
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = "unset" if default is None else ("(secret)" if isinstance(default, SecretStr) else str(default))
+        rows.append((env, shown, info.description or ""))
+    return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -96,7 +97,7 @@ async def test_one_message_at_a_time_per_conversation(settings: Settings) -> Non
         await asyncio.gather(run("first", "same"), run("second", "same"), run("other", "elsewhere"))
         same = [t for t in order if t != "other"]
         # Each reply in one conversation streams whole before the next one starts...
-        switches = sum(1 for a, b in zip(same, same[1:], strict=False) if a != b)
+        switches = sum(1 for a, b in itertools.pairwise(same) if a != b)
         assert switches == 1
         # ...while another conversation streams at the same time.
         assert order.index("other") < max(i for i, t in enumerate(order) if t != "other")
@@ -123,7 +124,7 @@ async def test_ratings_and_reset_and_forget(runtime: Runtime) -> None:
     await runtime.engine.reset("c1")
     assert await runtime.memory.load("c1", 10) == []
     messages, records = await runtime.engine.forget_user("u1")
-    assert records == 1 and await runtime.feedback.get(done.reply_id) is None
+    assert messages == 2 and records == 1 and await runtime.feedback.get(done.reply_id) is None
 
 
 async def test_redis_outage_is_a_store_error_and_recovery_needs_no_restart(

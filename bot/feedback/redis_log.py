@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from bot.domain.feedback import Rating, RatedReply, ReplyRecord
+from bot.domain.feedback import RatedReply, Rating, ReplyRecord
 from bot.errors import ReplyNotFound
 from bot.redis_conn import RedisHandle, store_errors
 
@@ -84,7 +85,7 @@ class RedisFeedbackLog:
         with store_errors("record a reply"):
             async with self.redis.client.pipeline(transaction=True) as pipe:
                 pipe.set(self.k("reply", rid), record.to_json(), ex=self.retention_s or None)
-                pipe.hset(self.k("reply", rid, "meta"), mapping=meta)
+                pipe.hset(self.k("reply", rid, "meta"), mapping=cast(Any, meta))
                 pipe.hincrby(self.k("stats", sk), "replies", 1)
                 pipe.hincrby(self.k("daily", sk), f"{day}:replies", 1)
                 pipe.sadd(self.k("stats", "index"), sk)
@@ -169,7 +170,8 @@ class RedisFeedbackLog:
         start = 0
         while True:
             with store_errors("page through rated replies"):
-                ids = [_text(i) for i in await self.redis.client.zrange(index, start, start + PAGE - 1)]
+                page = cast(list[bytes], await self.redis.client.zrange(index, start, start + PAGE - 1))
+                ids = [_text(i) for i in page]
                 if not ids:
                     return
                 async with self.redis.client.pipeline(transaction=False) as pipe:

@@ -24,6 +24,7 @@ from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
 from bot.domain.messages import ChatMessage, ChatRequest, StoredTurn
 from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, assemble, render
+from bot.domain.variants import choose_variant
 from bot.errors import BotError, ModelError
 from bot.ports import BoundModel, FeedbackLog, MemoryStore, ModelProvider, PersonaRegistry
 from bot.settings import MemorySettings
@@ -108,7 +109,9 @@ class ChatEngine:
 
         Raises BotError subclasses (PersonaNotFound, StoreError, ModelError, PromptTooLong).
         """
-        persona = self.persona_for(request)
+        base = self.persona_for(request)
+        variant = self.variant_for(base, request.conversation_id)
+        persona = base.with_variant(variant)  # the variant's prompt, generation and adapter
         async with self.locks.get(request.conversation_id):
             bound = self.models.bind(persona)
             max_turns, max_tokens, ttl = self._memory_limits(persona)
@@ -164,15 +167,26 @@ class ChatEngine:
                 prompt_tokens=usage.get("input_tokens", prompt.prompt_tokens),
                 completion_tokens=usage.get("output_tokens", bound.count_tokens(reply_text)),
                 system_prompt_hash=prompt_hash(prompt.system_prompt),
+                variant=variant,
                 context=dict(request.context),
             )
             turns = [
                 StoredTurn("user", request.text, user_id=request.speaker.id, persona_id=persona.id),
                 StoredTurn("assistant", reply_text, user_id=request.speaker.id, persona_id=persona.id),
             ]
-            await self.memory.append(request.conversation_id, turns, max_turns=max_turns, ttl_seconds=ttl)
-            await self.feedback.record(record)
+            # Two independent writes: overlap their round trips.
+            await asyncio.gather(
+                self.memory.append(request.conversation_id, turns, max_turns=max_turns, ttl_seconds=ttl),
+                self.feedback.record(record),
+            )
             yield ReplyFinished(record.reply_id, reply_text, persona, record)
+
+    def variant_for(self, persona: Persona, conversation_id: str, now: float | None = None) -> str:
+        """The variant this conversation uses now: sticky for the persona's variant period, the same
+        in every process (bot.domain.variants); "default" for a persona without variants."""
+        weights = [(v.id, v.weight) for v in persona.variants]
+        at = time.time() if now is None else now
+        return choose_variant(persona.id, conversation_id, weights, period_hours=persona.variant_period_hours, now=at)
 
     async def rate(self, reply_id: str, user_id: str, value: int, **context: str) -> None:
         if value not in (-1, 0, 1):

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from bot.domain.feedback import Rating, RatedReply, ReplyRecord
+from bot.domain.feedback import RatedReply, Rating, ReplyRecord
 from bot.domain.messages import StoredTurn
 from bot.domain.persona import Persona
 from bot.errors import PersonaFileError

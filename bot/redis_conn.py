@@ -18,7 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.errors import ConfigError, StoreError, StoreUnavailable
 from bot.settings import RedisSettings
@@ -135,6 +139,10 @@ class RedisHandle:
             url,
             max_connections=settings.max_connections,
             timeout=settings.socket_timeout,
+            # Stale pooled connections after a Redis restart get one quick reconnect, not an error.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=30,
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.socket_timeout,
         )

@@ -121,10 +121,13 @@ async def test_ratings_and_reset_and_forget(runtime: Runtime) -> None:
     done = await runtime.engine.reply(ask("rate me"))
     await runtime.engine.rate(done.reply_id, "u1", 1, source="test")
     assert await runtime.feedback.ratings(done.reply_id) == {"u1": 1}
-    await runtime.engine.reset("c1")
-    assert await runtime.memory.load("c1", 10) == []
+    await runtime.engine.reply(ask("other conversation", conversation="c2"))
+    await runtime.engine.reset("c2")
+    assert await runtime.memory.load("c2", 10) == []
+    assert len(await runtime.memory.load("c1", 10)) == 2
     messages, records = await runtime.engine.forget_user("u1")
-    assert messages == 2 and records == 1 and await runtime.feedback.get(done.reply_id) is None
+    assert (messages, records) == (2, 2)
+    assert await runtime.memory.load("c1", 10) == [] and await runtime.feedback.get(done.reply_id) is None
 
 
 async def test_redis_outage_is_a_store_error_and_recovery_needs_no_restart(

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 RECORD_SCHEMA = 1
@@ -53,7 +53,9 @@ class ReplyRecord:
     schema: int = RECORD_SCHEMA
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # A shallow field dict: asdict() deep-copies the prompt messages, which costs more than Redis.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ReplyRecord:

@@ -57,7 +57,7 @@ class ConsoleSession:
         self.say(f"Chatting with {persona.name} [{persona.id} v{persona.version}]. /help for commands.")
         history = await self.engine.memory.load(self.conversation_id, 1)
         if history:
-            self.say(f"(continuing the earlier conversation; /reset to start over)")
+            self.say("(continuing the earlier conversation; /reset to start over)")
         else:
             greeting = await self.engine.greeting(persona, self.user_name, "console")
             if greeting:

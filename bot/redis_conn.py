@@ -101,8 +101,8 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.port is None:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
-        log_file = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        with (self.directory / "redis.log").open("ab") as log_file:  # the child keeps its own copy
+            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

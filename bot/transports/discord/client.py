@@ -1,0 +1,87 @@
+"""The bot: a discord.py `AutoShardedBot` wired to the chat engine through cogs."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.transports.discord.cogs.admin import AdminCommands
+from bot.transports.discord.cogs.chat import ChatCog
+from bot.transports.discord.cogs.personas import PersonaCommands
+from bot.transports.discord.cogs.ratings import RatingsCog
+from bot.transports.discord.endpoints import point_at
+from bot.transports.discord.errors import log_event_error, on_app_command_error
+from bot.transports.discord.services import Services
+from bot.transports.discord.sinks import NO_PINGS
+
+if TYPE_CHECKING:
+    from bot.app import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def intents() -> discord.Intents:
+    """What the bot needs: servers, messages (with content: a privileged intent), reactions."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_messages = True
+    wanted.dm_messages = True
+    wanted.guild_reactions = True
+    wanted.dm_reactions = True
+    wanted.message_content = True
+    return wanted
+
+
+class PersonaBot(commands.AutoShardedBot):
+    def __init__(self, runtime: Runtime, **options: Any) -> None:
+        settings = runtime.settings.discord
+        options.setdefault("shard_count", settings.shard_count)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            allowed_mentions=NO_PINGS,  # the default for anything sent without its own setting
+            help_command=None,
+            **options,
+        )
+        self.runtime = runtime
+        self.settings = settings
+        self.services = Services.build(runtime.engine, runtime.redis, settings, self)
+
+    async def setup_hook(self) -> None:
+        await self.add_cog(ChatCog(self, self.services))
+        await self.add_cog(RatingsCog(self, self.services))
+        await self.add_cog(PersonaCommands(self.services))
+        await self.add_cog(AdminCommands(self.services))
+        self.tree.error(on_app_command_error)
+        if self.settings.sync_commands:
+            synced = await self.tree.sync()
+            log.info("synced %d slash commands", len(synced))
+
+    async def launch_shards(self) -> None:
+        # With a configured gateway URL, only ask the API for the shard count (its URL would win).
+        if self.shard_count is None and self.settings.gateway_url:
+            self.shard_count, _, _ = await self.http.get_bot_gateway()
+        await super().launch_shards()
+
+    async def on_ready(self) -> None:
+        if self.user is not None:
+            self.runtime.engine.bot_name = self.user.display_name  # the {bot_name} prompt variable
+        log.info("connected as %s (%s) to %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """No prefix commands: ChatCog answers messages, slash commands do the rest."""
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        log_event_error(event_method, args)
+
+
+def create_bot(runtime: Runtime, **options: Any) -> PersonaBot:
+    """A bot for `runtime`, pointed at the configured API and gateway; start it with `bot.start(token)`.
+
+    `options` go to discord.py's bot (e.g. `guild_ready_timeout`).
+    """
+    point_at(runtime.settings.discord)
+    return PersonaBot(runtime, **options)

@@ -1,0 +1,1 @@
+"""The bot's cogs: chat (answering), ratings (reactions), persona commands, admin commands."""

@@ -14,14 +14,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bot.cli_feedback import eval_command, feedback_app
 from bot.errors import BotError
 from bot.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Persona chat bots: console, Discord, feedback.")
 personas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate persona files.")
-feedback_app = typer.Typer(no_args_is_help=True, help="Ratings: export and reports.")
 app.add_typer(personas_app, name="personas")
 app.add_typer(feedback_app, name="feedback")
+app.command("eval")(eval_command)
 
 err = Console(stderr=True)
 
@@ -115,58 +116,6 @@ def personas_check(
         err.print(f"[red]✗[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
     if result.errors:
         raise typer.Exit(1)
-
-
-@feedback_app.command("export")
-def feedback_export(
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")] = None,
-    persona: Annotated[str | None, typer.Option("--persona", help="Only this persona.")] = None,
-) -> None:
-    """Write rated replies as JSONL: prompt messages, reply, ratings, persona, version."""
-    from bot.app import connect_redis
-    from bot.feedback.redis_log import RedisFeedbackLog
-
-    cfg = settings()
-
-    async def main() -> int:
-        async with connect_redis(cfg) as redis:
-            log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            stream = out.open("w", encoding="utf-8") if out else sys.stdout
-            count = 0
-            try:
-                async for rated in log.iter_rated(persona):
-                    stream.write(jsonl_row(rated) + "\n")
-                    count += 1
-            finally:
-                if out:
-                    stream.close()
-            return count
-
-    count = run_async(main())
-    err.print(f"exported {count} rated replies" + (f" to {out}" if out else ""))
-
-
-def jsonl_row(rated: Any) -> str:
-    import json
-
-    r = rated.record
-    return json.dumps(
-        {
-            "reply_id": r.reply_id,
-            "persona_id": r.persona_id,
-            "persona_version": r.persona_version,
-            "variant": r.variant,
-            "model": r.model,
-            "adapter": r.adapter,
-            "system_prompt_hash": r.system_prompt_hash,
-            "messages": r.prompt_messages,
-            "reply": r.reply,
-            "rating": rated.score,
-            "ratings": rated.ratings,
-            "created_at": r.created_at,
-        },
-        ensure_ascii=False,
-    )
 
 
 def main() -> None:

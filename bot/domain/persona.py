@@ -6,9 +6,11 @@ Pure data with validation; loading from files lives in `bot.personas`.
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.domain.variants import DEFAULT_VARIANT
 
 #: Variables a system prompt or greeting may use, e.g. "You are talking to {user_name}".
 PROMPT_VARIABLES = frozenset(
@@ -88,6 +90,26 @@ class Identity(_Strict):
     avatar_url: str | None = None
 
 
+class Variant(_Strict):
+    """An A/B alternative of a persona: overrides some of its hard prompt, generation or adapter.
+
+    A conversation sticks to one variant for `Persona.variant_period_hours` (see
+    bot.domain.variants); `weight` is its share of the traffic (0: switched off).
+    """
+
+    id: str = Field(pattern=ID_PATTERN)
+    weight: float = Field(default=1.0, ge=0.0)
+    system_prompt: str | None = Field(default=None, min_length=1)
+    #: Only the generation fields to change, e.g. {"temperature": 0.2}; checked against the persona's.
+    generation: dict[str, Any] = Field(default_factory=dict)
+    adapter: str | None = Field(default=None, min_length=1)
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _known_variables(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+
 class Persona(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=80)
@@ -101,6 +123,8 @@ class Persona(_Strict):
     adapter: str | None = Field(default=None, description="Path of a PEFT adapter directory.")
     memory: MemoryLimits = Field(default_factory=MemoryLimits)
     identity: Identity | None = None
+    variants: tuple[Variant, ...] = ()
+    variant_period_hours: float = Field(default=24.0, ge=0.0, description="0: a conversation never switches.")
 
     @field_validator("version", mode="before")
     @classmethod
@@ -119,3 +143,38 @@ class Persona(_Strict):
         if value is not None and not value.strip():
             raise ValueError("adapter must be a directory path or left out")
         return value
+
+    @model_validator(mode="after")
+    def _valid_variants(self) -> Persona:
+        ids = [v.id for v in self.variants]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variant ids must be unique")
+        if self.variants and not any(v.weight > 0 for v in self.variants):
+            raise ValueError("at least one variant needs a weight above 0")
+        for variant in self.variants:
+            self._merged_generation(variant)
+        return self
+
+    def _merged_generation(self, variant: Variant) -> GenerationParams:
+        try:
+            return GenerationParams.model_validate({**self.generation.model_dump(), **variant.generation})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"variant {variant.id!r}: generation.{where}: {first['msg']}") from None
+
+    def with_variant(self, variant_id: str) -> Persona:
+        """This persona as `variant_id` serves it. "default" is the persona itself when it has no
+        variant of that name. Raises KeyError for an unknown variant."""
+        variant = next((v for v in self.variants if v.id == variant_id), None)
+        if variant is None:
+            if variant_id == DEFAULT_VARIANT:
+                return self
+            raise KeyError(f"persona {self.id!r} has no variant {variant_id!r}")
+        return self.model_copy(
+            update={
+                "system_prompt": variant.system_prompt or self.system_prompt,
+                "generation": self._merged_generation(variant),
+                "adapter": variant.adapter or self.adapter,
+            }
+        )

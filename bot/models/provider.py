@@ -32,7 +32,7 @@ class DefaultModelProvider:
         self.data_dir = data_dir
         self._runtime = runtime
         self._runtime_lock = threading.Lock()
-        self._cache: dict[tuple[str, str], BaseChatModel] = {}
+        self._cache: dict[tuple[object, ...], BaseChatModel] = {}
 
     def backend_of(self, persona: Persona) -> Backend:
         return persona.model.backend or self.settings.backend
@@ -70,7 +70,8 @@ class DefaultModelProvider:
                 context_window=runtime.loaded.context_window,
                 count_tokens=runtime.count_tokens,
             )
-        key = (persona.id, persona.version)
+        # A variant changes generation and adapter under the same id and version: key on them too.
+        key = (persona.id, persona.version, persona.generation, persona.adapter)
         if backend == "openai":
             name = persona.model.name or self.settings.openai_model
             model = self._cache.get(key) or self._cache.setdefault(key, self._openai(persona, name))

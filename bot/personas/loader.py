@@ -57,6 +57,7 @@ def parse_persona(path: Path, text: str) -> Persona:
         raise PersonaFileError(path, f"invalid YAML: {exc.problem or exc}", line=line) from exc
     if not isinstance(data, dict):
         raise PersonaFileError(path, "a persona file must be a mapping of fields (id, name, system_prompt...)", line=1)
+    data.pop("tests", None)  # a persona's prompt test suite: read by `bot.evals`, not part of the persona
     try:
         return Persona.model_validate(data)
     except ValidationError as exc:

@@ -169,6 +169,7 @@ class ChatEngine:
                 system_prompt_hash=prompt_hash(prompt.system_prompt),
                 variant=variant,
                 context=dict(request.context),
+                participants=sorted({t.user_id for t in history if t.user_id} | {request.speaker.id}),
             )
             turns = [
                 StoredTurn("user", request.text, user_id=request.speaker.id, persona_id=persona.id),

@@ -149,3 +149,14 @@ async def test_redis_outage_is_a_store_error_and_recovery_needs_no_restart(
             assert "before" in [m["content"] for m in record.prompt_messages]  # AOF kept the memory
     finally:
         server.stop()
+
+
+async def test_forget_me_also_removes_replies_to_others_that_quoted_them(runtime: Runtime) -> None:
+    await runtime.engine.reply(ask("alice's secret", conversation="shared", user="alice"))
+    bobs = await runtime.engine.reply(ask("what did she say?", conversation="shared", user="bob"))
+    record = await runtime.feedback.get(bobs.reply_id)
+    assert record is not None and record.participants == ["alice", "bob"]
+    await runtime.engine.rate(bobs.reply_id, "bob", 1)
+    await runtime.engine.forget_user("alice")
+    assert await runtime.feedback.get(bobs.reply_id) is None
+    assert [r async for r in runtime.feedback.iter_rated()] == []

@@ -50,6 +50,9 @@ class ReplyRecord:
     created_at: float = field(default_factory=time.time)
     #: Transport ids (e.g. discord message/channel/guild ids).
     context: dict[str, str] = field(default_factory=dict)
+    #: Every user whose messages may appear in the prompt (the asker and the remembered speakers):
+    #: deleting any of them (/forget-me) deletes this record.
+    participants: list[str] = field(default_factory=list)
     schema: int = RECORD_SCHEMA
 
     def to_json(self) -> str:

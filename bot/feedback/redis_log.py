@@ -11,7 +11,7 @@ Keys (prefix `bot`; <sk> is the stats key "persona|version|variant"):
     bot:replies                 ZSET    reply id by creation time
     bot:rated                   ZSET    rated reply ids by creation time
     bot:persona:<pid>:rated     ZSET    the same, per persona
-    bot:user:<uid>:replies      SET     replies to this user      (for /forget-me)
+    bot:user:<uid>:replies      SET     replies whose prompt holds this user's words (for /forget-me)
     bot:user:<uid>:rated        SET     replies this user rated   (for /forget-me)
     bot:ext:<external id>       STRING  transport message id -> reply id
 
@@ -90,7 +90,8 @@ class RedisFeedbackLog:
                 pipe.hincrby(self.k("daily", sk), f"{day}:replies", 1)
                 pipe.sadd(self.k("stats", "index"), sk)
                 pipe.zadd(self.k("replies"), {rid: record.created_at})
-                pipe.sadd(self.k("user", record.user_id, "replies"), rid)
+                for user in {record.user_id, *record.participants}:
+                    pipe.sadd(self.k("user", user, "replies"), rid)
                 await pipe.execute()
 
     async def get(self, reply_id: str) -> ReplyRecord | None:

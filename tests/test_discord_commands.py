@@ -148,13 +148,19 @@ async def test_forget_me_deletes_the_callers_messages_and_ratings(h: DiscordHarn
     answer = await h.fake.command(h.alice, h.general, "forget-me")
     assert is_ephemeral(answer)
     assert "deleted 2 remembered messages" in answer["content"]  # alice's message and the answer to it
-    assert "2 reply records and ratings" in answer["content"]  # the reply to alice, alice's rating
+    # The reply to alice, and the reply to bob whose prompt quoted alice's message (with her rating).
+    assert "2 reply records and ratings" in answer["content"]
     feedback = h.runtime.engine.feedback
     assert await feedback.get(mine.reply_id or "") is None
-    assert await feedback.ratings(bobs.reply_id or "") == {}
-    assert await feedback.get(bobs.reply_id or "") is not None, "other users' data stays"
+    assert await feedback.get(bobs.reply_id or "") is None
     turns = await h.runtime.engine.memory.load(f"discord:channel:{h.general['id']}", 10)
     assert [t.content for t in turns if t.role == "user"] == ["bob's question"]
+    # Bob's data that never held alice's words stays.
+    _, later = await h.say(h.bob, h.general, "bob again", mention_bot=True)
+    await h.react(h.alice, h.reply_of(later)[0].id, UP)
+    await h.fake.command(h.alice, h.general, "forget-me")
+    assert await feedback.get(later.reply_id or "") is not None
+    assert await feedback.ratings(later.reply_id or "") == {}
 
 
 async def test_feedback_summary_for_admins(h: DiscordHarness) -> None:

@@ -159,6 +159,7 @@ class ChatEngine:
                 model=bound.model_name,
                 backend=bound.backend,
                 adapter=bound.adapter,
+                adapter_hash=bound.adapter_hash,
                 generation=persona.generation.model_dump(mode="json"),
                 prompt_messages=[m.to_dict() for m in prompt.messages],
                 reply=reply_text,

@@ -48,8 +48,12 @@ class PersonaFileError(PersonaError):
 
 
 class PersonaNotFound(PersonaError):
-    def __init__(self, persona_id: str, known: list[str] | None = None):
+    def __init__(self, persona_id: str, known: list[str] | None = None, *, disabled: str | None = None):
         self.persona_id = persona_id
+        self.disabled = disabled
+        if disabled is not None:
+            super().__init__(f"persona {persona_id!r} is disabled: {disabled}")
+            return
         hint = f" (known: {', '.join(sorted(known))})" if known else ""
         super().__init__(f"no persona {persona_id!r}{hint}")
 

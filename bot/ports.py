@@ -78,6 +78,8 @@ class BoundModel:
     adapter: str | None
     context_window: int
     count_tokens: Callable[[str], int]
+    #: Short hash of the adapter's files, so a rating names the exact adapter build it rates.
+    adapter_hash: str | None = None
 
 
 class ModelProvider(Protocol):

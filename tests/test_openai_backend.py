@@ -13,7 +13,7 @@ from aiohttp import web
 from bot.app import build_runtime
 from bot.domain.messages import ChatRequest, Speaker
 from bot.engine import TextDelta
-from bot.errors import ModelError
+from bot.errors import ModelError, PersonaNotFound
 from bot.settings import Settings
 
 PERSONA = """\
@@ -89,3 +89,32 @@ async def test_streams_from_an_openai_compatible_server(settings: Settings, serv
         fake.fail = True
         with pytest.raises(ModelError):
             await rt.engine.reply(ChatRequest("r1", Speaker("u", "Sam"), "again", persona_id="remote"))
+
+
+def write_adapter(directory: Path, peft_type: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type}))
+    save_file({"w": torch.zeros(2, 2)}, str(directory / "adapter_model.safetensors"))
+
+
+async def test_lora_personas_use_the_served_adapter_and_soft_prompts_are_refused(
+    settings: Settings, server: tuple[FakeOpenAI, str], tmp_path: Path
+) -> None:
+    fake, url = server
+    write_adapter(tmp_path / "adapters" / "pirate-lora", "LORA")
+    write_adapter(tmp_path / "adapters" / "pirate-soft", "PROMPT_TUNING")
+    for name in ("pirate-lora", "pirate-soft"):
+        persona = PERSONA.replace("id: remote", f"id: {name}") + f"adapter: {tmp_path / 'adapters' / name}\n"
+        Path(settings.personas_dir, f"{name}.yaml").write_text(persona)
+    cfg = settings.model_copy(update={"model": settings.model.model_copy(update={"openai_base_url": url})})
+    async with build_runtime(cfg) as rt:
+        assert "soft prompts cannot be served" in rt.personas.disabled["pirate-soft"]
+        done = await rt.engine.reply(ChatRequest("r", Speaker("u", "Sam"), "hi", persona_id="pirate-lora"))
+        assert fake.requests[-1]["model"] == "pirate-lora"
+        assert done.record.adapter_hash is not None and len(done.record.adapter_hash) == 16
+        with pytest.raises(PersonaNotFound, match="'pirate-soft' is disabled: .*soft prompts cannot be served"):
+            await rt.engine.reply(ChatRequest("r", Speaker("u", "Sam"), "hi", persona_id="pirate-soft"))
+        assert (await rt.engine.reply(ChatRequest("r2", Speaker("u", "Sam"), "hi", persona_id="assistant"))).text

@@ -47,6 +47,7 @@ class ReplyRecord:
     completion_tokens: int
     system_prompt_hash: str
     variant: str = "default"
+    adapter_hash: str | None = None
     created_at: float = field(default_factory=time.time)
     #: Transport ids (e.g. discord message/channel/guild ids).
     context: dict[str, str] = field(default_factory=dict)

@@ -42,7 +42,9 @@ class FilePersonaRegistry:
 
     def get(self, persona_id: str) -> Persona:
         persona = self._result.personas.get(persona_id)
-        if persona is None or persona_id in self._disabled:
+        if persona_id in self._disabled:
+            raise PersonaNotFound(persona_id, disabled=self._disabled[persona_id])
+        if persona is None:
             raise PersonaNotFound(persona_id, [p.id for p in self.all()])
         return persona
 

@@ -69,6 +69,8 @@ async def build_runtime(
             personas.on_reload(provider.clear_cache)
             if warm_up:
                 await provider.warm_up(personas.all())
+            for persona_id, reason in (await provider.check_adapters(personas.all())).items():
+                personas.disable(persona_id, reason)  # the others keep working
         memory = RedisMemoryStore(redis)
         feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
         engine = ChatEngine(

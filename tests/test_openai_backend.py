@@ -115,6 +115,6 @@ async def test_lora_personas_use_the_served_adapter_and_soft_prompts_are_refused
         done = await rt.engine.reply(ChatRequest("r", Speaker("u", "Sam"), "hi", persona_id="pirate-lora"))
         assert fake.requests[-1]["model"] == "pirate-lora"
         assert done.record.adapter_hash is not None and len(done.record.adapter_hash) == 16
-        with pytest.raises(PersonaNotFound, match="'pirate-soft' is disabled: .*soft prompts cannot be served"):
+        with pytest.raises(PersonaNotFound, match=r"'pirate-soft' is disabled: .*soft prompts cannot be served"):
             await rt.engine.reply(ChatRequest("r", Speaker("u", "Sam"), "hi", persona_id="pirate-soft"))
         assert (await rt.engine.reply(ChatRequest("r2", Speaker("u", "Sam"), "hi", persona_id="assistant"))).text

@@ -1,17 +1,22 @@
 """The local backend: a transformers model on the CPU, behind LangChain's BaseChatModel.
 
-`LocalRuntime` owns the one loaded model (shared by every persona). Generation runs in a worker
-thread so the event loop stays free; tokens stream back through an asyncio queue. A cancelled
-stream (the consumer stopped reading) stops generation at the next token.
+`LocalRuntime` owns the one loaded model (shared by every persona) and its AdapterBank: LoRA
+adapters and soft prompts of any number of personas on top of that single copy. Generation runs in
+a worker thread so the event loop stays free; tokens stream back through an asyncio queue. A
+cancelled stream (the consumer stopped reading) stops generation at the next token.
+
+A persona with an adapter passes its adapter path (`adapter="adapters/pirate-lora"`); validate it
+early with `ensure_adapter(persona_id, path)`, which raises AdapterError naming both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -21,6 +26,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
+from bot.adapters import AdapterBank, BaseModelInfo, LoadedAdapter, Row, build_batch
 from bot.domain.persona import GenerationParams
 from bot.domain.stops import StopScanner
 from bot.models.local_loader import LoadedModel
@@ -42,11 +48,18 @@ _END = object()
 
 
 class LocalRuntime:
-    """The shared local model plus a one-thread generation worker."""
+    """The shared local model, its adapters, and a one-thread generation worker."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
+        base = BaseModelInfo.of(
+            loaded.model, loaded.name, loaded.source.name, str(getattr(loaded.model, "name_or_path", ""))
+        )
+        self.adapters = AdapterBank(loaded.model, base)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        # One model call at a time: loading an adapter rewires the shared modules, and PEFT installs
+        # its per-row `adapter_names` hooks on those shared modules for the length of a generate().
+        self._model_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -55,46 +68,92 @@ class LocalRuntime:
     def count_tokens(self, text: str) -> int:
         return len(self.loaded.tokenizer.encode(text, add_special_tokens=False))
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> Any:
-        encoded = self.loaded.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        return encoded["input_ids"]
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        encoded = self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+        return list(encoded["input_ids"])
+
+    def ensure_adapter(self, persona_id: str | None, adapter: str | Path) -> str:
+        """Load (once) and validate a persona's adapter; returns its name in the bank.
+
+        Raises AdapterError (a ModelLoadError) naming the persona and the adapter when the directory
+        is missing, corrupt or made for another base model. Cheap and lock-free once loaded, so it
+        may be called on every bind; the first load waits for a running generation to finish.
+        """
+        return self._adapter(persona_id, adapter).name
+
+    def _adapter(self, persona_id: str | None, adapter: str | Path) -> LoadedAdapter:
+        loaded = self.adapters.current(adapter)
+        if loaded is None:
+            with self._model_lock:
+                loaded = self.adapters.ensure(adapter, persona_id)
+        return loaded
+
+    def row(self, messages: list[dict[str, str]], adapter: str | Path | None = None) -> Row:
+        """One batch row: the chat prompt's tokens plus the (loaded) adapter it runs with."""
+        return Row(self.encode_chat(messages), None if adapter is None else self._adapter(None, adapter))
 
     def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
-            "repetition_penalty": params.repetition_penalty,
             "pad_token_id": self.loaded.tokenizer.pad_token_id,
+            # generate()'s own penalty, fed embeddings with left padding, skips the first <padding>
+            # generated tokens of padded rows (and warns). Ours penalizes exactly each reply's tokens,
+            # the same alone or in any batch.
+            "repetition_penalty": 1.0,
         }
+        if params.repetition_penalty != 1.0:
+            penalty = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
+            kwargs["logits_processor"] = LogitsProcessorList([penalty])
         if params.greedy:
             kwargs["do_sample"] = False
         else:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         return kwargs
 
-    def _run_generate(self, input_ids: Any, params: GenerationParams, streamer: Any, cancel: threading.Event) -> int:
+    def generate_rows(
+        self,
+        rows: list[Row],
+        params: GenerationParams,
+        *,
+        streamer: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> list[list[int]]:
+        """Generate for a batch of rows (each with its own adapter, or none); the new tokens per row,
+        up to and including the end-of-turn token. Blocking: call it from a worker thread."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancel.is_set()
+                return cancel is not None and cancel.is_set()
 
-        with torch.inference_mode():
-            output = self.loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
+        with self._model_lock, torch.inference_mode():
+            output = self.adapters.generator.generate(
+                **build_batch(self.adapters, rows),
                 streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 **self._generate_kwargs(params),
             )
-        return int(output.shape[1] - input_ids.shape[1])
+        return [self._until_end(tokens.tolist()) for tokens in output]
+
+    def _until_end(self, tokens: list[int]) -> list[int]:
+        # Finished rows are padded with pad_token_id (== the end token for SmolLM2): cut after the first end.
+        end = self.loaded.model.generation_config.eos_token_id
+        ends = set(end if isinstance(end, list) else [end]) | {self.loaded.tokenizer.eos_token_id}
+        for i, token in enumerate(tokens):
+            if token in ends:
+                return tokens[: i + 1]
+        return tokens
 
     async def stream(
-        self, messages: list[dict[str, str]], params: GenerationParams
-    ) -> AsyncIterator[str | GenerationResult]:
-        """Yield text pieces as they are decoded, then one GenerationResult."""
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | Path | None = None
+    ) -> AsyncGenerator[str | GenerationResult, None]:
+        """Yield text pieces as they are decoded, then one GenerationResult.
+
+        `adapter`: the persona's adapter path (LoRA or soft prompt), or None for the plain model.
+        """
         from transformers import TextStreamer
 
         loop = asyncio.get_running_loop()
@@ -106,12 +165,15 @@ class LocalRuntime:
                 if text:
                     loop.call_soon_threadsafe(queue.put_nowait, text)
 
-        input_ids = self.encode_chat(messages)
+        # With inputs_embeds the prompt generate() hands the streamer first is empty; skip_prompt
+        # drops exactly that, so only new tokens are streamed.
         streamer = QueueStreamer(self.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
-        def work() -> int:
+        def work() -> tuple[int, int]:
             try:
-                return self._run_generate(input_ids, params, streamer, cancel)
+                row = self.row(messages, adapter)  # in the worker: a first adapter load may wait
+                new = self.generate_rows([row], params, streamer=streamer, cancel=cancel)[0]
+                return row.prompt_tokens, len(new)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
@@ -119,22 +181,18 @@ class LocalRuntime:
         try:
             while (item := await queue.get()) is not _END:
                 yield str(item)
-            completion = await future
+            prompt_tokens, completion = await future
         finally:
             cancel.set()
-        yield GenerationResult(prompt_tokens=int(input_ids.shape[1]), completion_tokens=completion)
+        yield GenerationResult(prompt_tokens=prompt_tokens, completion_tokens=completion)
 
-    def generate_blocking(self, messages: list[dict[str, str]], params: GenerationParams) -> tuple[str, GenerationResult]:
-        input_ids = self.encode_chat(messages)
-        import torch
-
-        with torch.inference_mode():
-            output = self.loaded.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **self._generate_kwargs(params)
-            )
-        new = output[0, input_ids.shape[1] :]
+    def generate_blocking(
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | Path | None = None
+    ) -> tuple[str, GenerationResult]:
+        row = self.row(messages, adapter)
+        new = self.generate_rows([row], params)[0]
         text = self.loaded.tokenizer.decode(new, skip_special_tokens=True)
-        return text, GenerationResult(int(input_ids.shape[1]), int(new.shape[0]))
+        return text, GenerationResult(row.prompt_tokens, len(new))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -149,12 +207,14 @@ def _usage(result: GenerationResult) -> UsageMetadata:
 
 
 class LocalChatModel(BaseChatModel):
-    """A persona's view of the shared LocalRuntime: its generation parameters (and stop strings)."""
+    """A persona's view of the shared LocalRuntime: its generation parameters (and stop strings) and
+    its adapter (a PEFT directory path: LoRA or soft prompt), if any."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     runtime: LocalRuntime
     params: GenerationParams = GenerationParams()
+    adapter: str | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -170,7 +230,7 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        text, result = self.runtime.generate_blocking(to_chat_dicts(messages), self.params)
+        text, result = self.runtime.generate_blocking(to_chat_dicts(messages), self.params, self.adapter)
         scanner = StopScanner(self._stops(stop))
         text = scanner.feed(text) + scanner.flush()
         message = AIMessage(content=text, usage_metadata=_usage(result))
@@ -197,7 +257,7 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         scanner = StopScanner(self._stops(stop))
-        stream = self.runtime.stream(to_chat_dicts(messages), self.params)
+        stream = self.runtime.stream(to_chat_dicts(messages), self.params, self.adapter)
         try:
             async for item in stream:
                 if isinstance(item, GenerationResult):

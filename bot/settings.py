@@ -48,22 +48,19 @@ class ModelSettings(BaseModel):
     openai_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key for it.")
     request_timeout: float = Field(default=120.0, gt=0, description="Seconds before a remote call fails.")
     max_batch: int = Field(
-        default=8,
-        ge=1,
-        le=64,
-        description="Batch scheduler (bot.models.batching; not yet used by chat serving): rows per decode step.",
+        default=8, ge=1, le=64, description="Local backend: conversations decoded together in one step."
     )
     max_queue: int = Field(
-        default=32, ge=0, description="Batch scheduler: requests waiting for a batch slot before ModelBusy."
+        default=32, ge=0, description="Local backend: replies waiting for a batch slot before a busy answer."
     )
     prompt_cache: bool = Field(
-        default=True, description="Batch scheduler: reuse a persona prompt's KV state across turns."
+        default=True, description="Local backend: reuse a persona prompt's KV state across turns."
     )
     prompt_cache_entries: int = Field(
-        default=64, ge=1, description="Batch scheduler: persona prompts kept in the prompt cache (LRU)."
+        default=64, ge=1, description="Local backend: persona prompts kept in the prompt cache (LRU)."
     )
     prompt_cache_mb: int = Field(
-        default=512, ge=1, description="Batch scheduler: memory cap of the prompt cache in MiB (LRU)."
+        default=512, ge=1, description="Local backend: memory cap of the prompt cache in MiB (LRU)."
     )
 
 

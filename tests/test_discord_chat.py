@@ -16,7 +16,7 @@ from bot.domain.splitting import find_fences
 from bot.redis_conn import EmbeddedRedis
 from bot.settings import Settings
 from tests.conftest import free_port
-from tests.discord_fake.harness import FAIL_MARKER, HOLD_MARKER, DiscordHarness
+from tests.discord_fake.harness import FAIL_MARKER, HOLD_MARKER, PAUSE_MARKER, DiscordHarness
 
 NO_PINGS: dict[str, list[str]] = {"parse": []}
 THUMBS = ["\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}"]
@@ -300,3 +300,33 @@ async def test_channel_limit_says_busy_beyond_the_queue(settings: Settings) -> N
         assert (await running).kind == "replied"
         _, later = await h.say(h.bob, h.general, "now?", mention_bot=True)
         assert later.kind == "replied"
+
+
+async def test_deleting_the_message_stops_its_reply(h: DiscordHarness) -> None:
+    conversation = f"discord:channel:{h.general['id']}"
+    asked = h.fake.user_message(h.alice, h.general, f"{PAUSE_MARKER}, then tell me everything", mention_bot=True)
+    running = asyncio.create_task(h.deliver(asked))
+    await h.fake.wait_until(lambda: h.fake.sent_in(h.general))  # the first words are shown
+    await h.fake.delete_user_message(asked)
+    stopped = await running  # `hold` is never set: only stopping the generation ends this reply
+    assert stopped.kind == "stopped"
+    assert h.fake.sent_in(h.general) == [], "the partial reply is taken back"
+    assert await h.runtime.engine.memory.load(conversation, 10) == [], "nothing of it is remembered"
+    assert len(h.bot.services.in_flight) == 0
+    _, later = await h.say(h.alice, h.general, "hello again", mention_bot=True)
+    assert later.kind == "replied"
+    assert [t.content for t in await h.runtime.engine.memory.load(conversation, 10)] == [
+        "hello again",
+        "[Ada] You said: hello again",
+    ]
+
+
+async def test_deleting_another_message_does_not_stop_a_reply(h: DiscordHarness) -> None:
+    unrelated, _ = await h.say(h.bob, h.general, "just chatting")
+    asked = h.fake.user_message(h.alice, h.general, f"{PAUSE_MARKER} please", mention_bot=True)
+    running = asyncio.create_task(h.deliver(asked))
+    await h.fake.wait_until(lambda: h.fake.sent_in(h.general))
+    await h.fake.delete_user_message(unrelated)
+    h.provider.hold.set()
+    assert (await running).kind == "replied"
+

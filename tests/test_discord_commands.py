@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from bot.settings import Settings
 from bot.transports.discord.feedback_summary import summarize
 from tests.discord_fake import payloads as p
-from tests.discord_fake.harness import DiscordHarness
+from tests.discord_fake.harness import PAUSE_MARKER, DiscordHarness
 
 UP, DOWN = "\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}"
 EPHEMERAL = 64
@@ -131,6 +132,30 @@ async def test_forget_clears_this_conversation_only(h: DiscordHarness) -> None:
     _, outcome = await h.say(h.alice, h.general, "what is the code?", mention_bot=True)
     record = await h.runtime.engine.feedback.get(outcome.reply_id or "")
     assert record is not None and "1234" not in str(record.prompt_messages)
+
+
+async def test_forget_stops_a_reply_in_progress(h: DiscordHarness) -> None:
+    """Otherwise the reply, when it finishes, writes the forgotten conversation back."""
+    await h.say(h.alice, h.general, "remember: the code is 1234", mention_bot=True)
+    asked = h.fake.user_message(h.bob, h.general, f"{PAUSE_MARKER}: what is the code?", mention_bot=True)
+    running = asyncio.create_task(h.deliver(asked))
+    await h.fake.wait_until(lambda: len(h.fake.sent_in(h.general)) == 2)  # the second reply has begun
+    answer = await h.fake.command(h.admin, h.general, "forget")
+    assert "forgotten" in answer["content"]
+    assert (await running).kind == "stopped"  # `hold` is never set
+    assert await h.runtime.engine.memory.load(f"discord:channel:{h.general['id']}", 10) == []
+
+
+async def test_forget_me_stops_the_callers_replies_only(h: DiscordHarness) -> None:
+    mine = h.fake.user_message(h.alice, h.general, f"{PAUSE_MARKER}: mine", mention_bot=True)
+    bobs = h.fake.user_message(h.bob, h.lounge, f"{PAUSE_MARKER}: bob's")
+    running = [asyncio.create_task(h.deliver(m)) for m in (mine, bobs)]
+    await h.fake.wait_until(lambda: h.fake.sent_in(h.general) and h.fake.sent_in(h.lounge))
+    await h.fake.command(h.alice, h.general, "forget-me")
+    assert (await running[0]).kind == "stopped"
+    assert not running[1].done()
+    h.provider.hold.set()
+    assert (await running[1]).kind == "replied"
 
 
 async def test_anyone_may_forget_their_own_dm(h: DiscordHarness) -> None:

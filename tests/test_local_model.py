@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from bot.app import Runtime, build_runtime
 from bot.domain.messages import ChatRequest, Speaker
 from bot.engine import ReplyFinished, TextDelta
+from bot.errors import ModelBusy
 from bot.models.local import LocalRuntime
 from bot.models.local_loader import LoadedModel
 from bot.models.provider import DefaultModelProvider
@@ -87,3 +89,73 @@ async def test_abandoned_stream_frees_the_worker(settings: Settings, shared_runt
                 break
         done = await rt.engine.reply(ask("Say hi.", "y"))
     assert done.text
+
+
+# -- serving: the batch scheduler behind the engine ------------------------------------------------
+
+EXAMPLES = """\
+examples:
+  - user: What is the capital of Italy?
+    assistant: Rome.
+  - user: What is the capital of Spain?
+    assistant: Madrid.
+"""
+
+
+async def test_concurrent_conversations_decode_together_and_match_alone(
+    settings: Settings, local_model: LoadedModel
+) -> None:
+    runtime = LocalRuntime(local_model)  # its own scheduler, so its stats are this test's
+    questions = ["Name a fruit.", "What is two plus two?", "Say hello to Ann."]
+    try:
+        async with runtime_with(settings, runtime) as rt:
+            alone = [(await rt.engine.reply(ask(q, f"alone-{i}"))).text for i, q in enumerate(questions)]
+            assert runtime.scheduler.stats.max_rows == 1
+            together = await asyncio.gather(*(rt.engine.reply(ask(q, f"together-{i}")) for i, q in enumerate(questions)))
+    finally:
+        runtime.close()
+    assert runtime.scheduler.stats.max_rows >= 2, "the conversations shared decode steps"
+    assert [r.text for r in together] == alone  # greedy: batching changes nothing
+
+
+async def test_persona_prompt_is_cached_across_turns_and_dropped_on_reload(
+    settings: Settings, local_model: LoadedModel
+) -> None:
+    runtime = LocalRuntime(local_model)
+    stats = runtime.scheduler.stats
+    try:
+        async with runtime_with(settings, runtime, EXAMPLES) as rt:
+            first = await rt.engine.reply(ask("What is the capital of France?", "geo"))
+            assert stats.cached == 0
+            second = await rt.engine.reply(ask("And of Germany?", "geo"))
+            # The second turn re-ran only what follows the system prompt and the examples.
+            hard_prompt = second.record.prompt_messages[:5]  # system prompt + two examples
+            prefix = runtime.loaded.tokenizer.apply_chat_template(hard_prompt, return_dict=True)["input_ids"]
+            assert stats.cached == len(prefix) > 0
+            assert stats.prefilled == first.record.prompt_tokens + second.record.prompt_tokens - stats.cached
+            assert runtime.scheduler.prefix_cache is not None and len(runtime.scheduler.prefix_cache) == 1
+            rt.personas.reload()
+            assert len(runtime.scheduler.prefix_cache) == 0
+    finally:
+        runtime.close()
+
+
+async def test_a_full_queue_answers_busy_and_a_closed_stream_frees_its_row(
+    settings: Settings, local_model: LoadedModel
+) -> None:
+    runtime = LocalRuntime(local_model, ModelSettings(max_batch=1, max_queue=0))
+    try:
+        async with runtime_with(settings, runtime) as rt:
+            async with contextlib.aclosing(rt.engine.stream(ask("Tell me a long story.", "long"))) as events:
+                async for _ in events:
+                    break  # the reply is being decoded: the one row is taken
+                with pytest.raises(ModelBusy):
+                    await rt.engine.reply(ask("Me too?", "other"))
+            async with asyncio.timeout(30):
+                while runtime.scheduler.active:  # the row is freed at the next decode step
+                    await asyncio.sleep(0.01)
+            assert (await rt.engine.reply(ask("Say hi.", "other"))).text
+            assert await rt.memory.load("long", 10) == [], "a reply that was not finished is not remembered"
+    finally:
+        runtime.close()
+

@@ -58,18 +58,27 @@ def window_history(
 
     A window never starts with an assistant message cut off from the user message it answered.
     """
-    kept: list[ChatMessage] = []
+    return _window(history, max_turns=max_turns, max_tokens=max_tokens, count=count)[0]
+
+
+def _window(
+    history: Sequence[StoredTurn], *, max_turns: int, max_tokens: int, count: Callable[[str], int]
+) -> tuple[list[ChatMessage], int]:
+    """window_history, plus the window's cost, so assemble need not count these messages again."""
+    kept: list[tuple[ChatMessage, int]] = []
     used = 0
     for turn in reversed(history[-2 * max_turns :] if max_turns else []):
         cost = count(turn.content) + MESSAGE_OVERHEAD
         if used + cost > max_tokens:
             break
-        kept.append(turn.as_message())
+        kept.append((turn.as_message(), cost))
         used += cost
     kept.reverse()
-    while kept and kept[0].role == "assistant":
-        kept.pop(0)
-    return kept
+    start = 0
+    while start < len(kept) and kept[start][0].role == "assistant":
+        used -= kept[start][1]
+        start += 1
+    return [message for message, _ in kept[start:]], used
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,8 @@ def assemble(
     examples (they carry the persona's voice), then as much recent history as fits.
     """
 
+    # Each message is counted once (a tokenizer call can cost more than the rest of assembly);
+    # prompt_tokens is the sum of the parts' costs, the same as counting the final list again.
     def cost(messages: Sequence[ChatMessage]) -> int:
         return sum(count(m.content) + MESSAGE_OVERHEAD for m in messages)
 
@@ -110,14 +121,14 @@ def assemble(
     examples_cost = cost(examples)
     include_examples = required + examples_cost <= budget
     remaining = budget - required - (examples_cost if include_examples else 0)
-    window = window_history(
+    window, window_cost = _window(
         history, max_turns=max_turns, max_tokens=min(max_history_tokens, remaining), count=count
     )
     messages = [system, *(examples if include_examples else []), *window, new]
     return AssembledPrompt(
         messages=messages,
         system_prompt=system_prompt,
-        prompt_tokens=cost(messages),
+        prompt_tokens=required + (examples_cost if include_examples else 0) + window_cost,
         history_messages=len(window),
         examples_included=include_examples,
     )

@@ -15,8 +15,10 @@ Keys (prefix `bot`; <sk> is the stats key "persona|version|variant"):
     bot:user:<uid>:rated        SET     replies this user rated   (for /forget-me)
     bot:ext:<external id>       STRING  transport message id -> reply id
 
-A rating is one atomic Lua script: it swaps the user's old value for the new one and moves the
-counters accordingly, so counters never drift under concurrent or repeated ratings.
+Recording a reply is one atomic Lua script (one command on the wire, where a MULTI/EXEC of the same
+writes costs the client a reply per queued command). A rating is one atomic Lua script too: it swaps
+the user's old value for the new one and moves the counters accordingly, so counters never drift
+under concurrent or repeated ratings.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from bot.domain.feedback import RatedReply, Rating, ReplyRecord
 from bot.errors import ReplyNotFound
@@ -52,6 +54,23 @@ end
 return old
 """
 
+# Stores a reply record and counts it, atomically: the same writes, in the same order, as a MULTI/EXEC
+# of SET, HSET, HINCRBY, HINCRBY, SADD, ZADD, SADD per user.
+# KEYS: 1 reply, 2 reply meta, 3 stats, 4 daily, 5 stats index, 6 replies zset, 7.. users' reply sets.
+# ARGV: 1 record JSON, 2 expiry in seconds (0: never), 3 reply id, 4 created_at, 5 stats key,
+#       6 daily counter field, 7.. meta field/value pairs.
+_RECORD_SCRIPT = """
+local ex = tonumber(ARGV[2])
+if ex > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ex) else redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HINCRBY', KEYS[3], 'replies', 1)
+redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+redis.call('SADD', KEYS[5], ARGV[5])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
+for i = 7, #KEYS do redis.call('SADD', KEYS[i], ARGV[3]) end
+return 1
+"""
+
 
 def stats_key(persona_id: str, version: str, variant: str) -> str:
     return f"{persona_id}|{version}|{variant}"
@@ -65,7 +84,8 @@ class RedisFeedbackLog:
     def __init__(self, redis: RedisHandle, *, retention_days: int = 0) -> None:
         self.redis = redis
         self.retention_s = retention_days * 86400
-        self._rate = redis.client.register_script(_RATE_SCRIPT)
+        self._rate = redis.script(_RATE_SCRIPT)
+        self._record = redis.script(_RECORD_SCRIPT)
 
     def k(self, *parts: str) -> str:
         return self.redis.key(*parts)
@@ -73,26 +93,37 @@ class RedisFeedbackLog:
     async def record(self, record: ReplyRecord) -> None:
         rid, sk = record.reply_id, stats_key(record.persona_id, record.persona_version, record.variant)
         day = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d")
-        meta = {
-            "persona": record.persona_id,
-            "version": record.persona_version,
-            "variant": record.variant,
-            "user": record.user_id,
-            "created": repr(record.created_at),
-            "day": day,
-            "sk": sk,
-        }
+        meta = (
+            ("persona", record.persona_id),
+            ("version", record.persona_version),
+            ("variant", record.variant),
+            ("user", record.user_id),
+            ("created", repr(record.created_at)),
+            ("day", day),
+            ("sk", sk),
+        )
+        users = sorted({record.user_id, *record.participants})
         with store_errors("record a reply"):
-            async with self.redis.client.pipeline(transaction=True) as pipe:
-                pipe.set(self.k("reply", rid), record.to_json(), ex=self.retention_s or None)
-                pipe.hset(self.k("reply", rid, "meta"), mapping=cast(Any, meta))
-                pipe.hincrby(self.k("stats", sk), "replies", 1)
-                pipe.hincrby(self.k("daily", sk), f"{day}:replies", 1)
-                pipe.sadd(self.k("stats", "index"), sk)
-                pipe.zadd(self.k("replies"), {rid: record.created_at})
-                for user in {record.user_id, *record.participants}:
-                    pipe.sadd(self.k("user", user, "replies"), rid)
-                await pipe.execute()
+            await self._record(
+                keys=[
+                    self.k("reply", rid),
+                    self.k("reply", rid, "meta"),
+                    self.k("stats", sk),
+                    self.k("daily", sk),
+                    self.k("stats", "index"),
+                    self.k("replies"),
+                    *(self.k("user", user, "replies") for user in users),
+                ],
+                args=[
+                    record.to_json(),
+                    self.retention_s,
+                    rid,
+                    record.created_at,
+                    sk,
+                    f"{day}:replies",
+                    *(item for pair in meta for item in pair),
+                ],
+            )
 
     async def get(self, reply_id: str) -> ReplyRecord | None:
         with store_errors("read a reply"):

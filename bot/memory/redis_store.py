@@ -4,14 +4,15 @@ Keys (prefix `bot`):
     bot:mem:<conversation>        LIST of turns, newest last, capped at 2 * max_turns, with a TTL
     bot:user:<user>:convs         SET of conversations the user wrote in (for /forget-me)
 
-Loading is one command; appending is one pipelined transaction.
+Loading is one command; appending is one atomic Lua script (one command and one reply on the wire,
+where a MULTI/EXEC transaction of the same writes costs the client a reply per queued command).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 
 from bot.domain.messages import StoredTurn
 from bot.redis_conn import RedisHandle, store_errors
@@ -35,10 +36,48 @@ return removed
 """
 
 
+# Appends turns and keeps the indexes, atomically: the same writes, in the same order, as a
+# MULTI/EXEC of RPUSH, LTRIM, (SADD, EXPIRE) per user, EXPIRE.
+# KEYS[1] the conversation list, KEYS[2..] each writer's conversation set.
+# ARGV[1] turns kept (2 * max_turns), ARGV[2] TTL in seconds (0: none), ARGV[3] conversation id,
+# ARGV[4..] the turns' JSON (pushed in slices: unpack() is bounded by Lua's stack).
+_APPEND_SCRIPT = """
+for i = 4, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+local ttl = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if ttl ~= 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+if ttl ~= 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+
+_TURN_FIELDS = tuple(f.name for f in fields(StoredTurn))
+
+
+def _encode_turn(turn: StoredTurn) -> str:
+    # The same JSON object asdict() would give (every field is a plain value), without its deep copy.
+    return json.dumps({name: getattr(turn, name) for name in _TURN_FIELDS}, ensure_ascii=False)
+
+
+def _decode_turns(raw: Sequence[bytes | str]) -> list[StoredTurn]:
+    # One JSON parse of the whole window instead of one per turn: the items are JSON objects,
+    # so joining them with commas inside brackets is a valid JSON array of the same values.
+    if not raw:
+        return []
+    joined = b",".join(item if isinstance(item, bytes) else item.encode() for item in raw)
+    return [StoredTurn(**turn) for turn in json.loads(b"[" + joined + b"]")]
+
+
 class RedisMemoryStore:
     def __init__(self, redis: RedisHandle) -> None:
         self.redis = redis
-        self._forget = redis.client.register_script(_FORGET_SCRIPT)
+        self._forget = redis.script(_FORGET_SCRIPT)
+        self._append = redis.script(_APPEND_SCRIPT)
 
     def _key(self, conversation_id: str) -> str:
         return self.redis.key("mem", conversation_id)
@@ -51,25 +90,24 @@ class RedisMemoryStore:
             return []
         with store_errors("load conversation memory"):
             raw = await self.redis.client.lrange(self._key(conversation_id), -2 * max_turns, -1)
-        return [StoredTurn(**json.loads(item)) for item in raw]
+        return _decode_turns(raw)
 
     async def append(
         self, conversation_id: str, turns: Sequence[StoredTurn], *, max_turns: int, ttl_seconds: int
     ) -> None:
         if max_turns <= 0 or not turns:
             return
-        key = self._key(conversation_id)
+        users = sorted({t.user_id for t in turns if t.user_id})
         with store_errors("save conversation memory"):
-            async with self.redis.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *(json.dumps(asdict(t), ensure_ascii=False) for t in turns))
-                pipe.ltrim(key, -2 * max_turns, -1)
-                for user_id in {t.user_id for t in turns if t.user_id}:
-                    pipe.sadd(self._user_key(user_id), conversation_id)
-                    if ttl_seconds:
-                        pipe.expire(self._user_key(user_id), ttl_seconds)
-                if ttl_seconds:
-                    pipe.expire(key, ttl_seconds)
-                await pipe.execute()
+            await self._append(
+                keys=[self._key(conversation_id), *(self._user_key(u) for u in users)],
+                args=[
+                    2 * max_turns,
+                    ttl_seconds,
+                    conversation_id,
+                    *(_encode_turn(t) for t in turns),
+                ],
+            )
 
     async def clear(self, conversation_id: str) -> None:
         with store_errors("clear conversation memory"):

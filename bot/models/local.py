@@ -1,9 +1,11 @@
 """The local backend: a transformers model on the CPU, behind LangChain's BaseChatModel.
 
 `LocalRuntime` owns the one loaded model (shared by every persona) and its AdapterBank: LoRA
-adapters and soft prompts of any number of personas on top of that single copy. Generation runs in
-a worker thread so the event loop stays free; tokens stream back through an asyncio queue. A
-cancelled stream (the consumer stopped reading) stops generation at the next token.
+adapters and soft prompts of any number of personas on top of that single copy. Streaming replies go
+through one BatchScheduler (bot.models.batching, docs/performance.md): a worker thread decodes every
+pending conversation together (continuous batching; each row with its own adapter, sampling, stop
+strings and length) and reuses the KV state of each persona's hard prompt across turns. A full queue
+raises ModelBusy; a cancelled stream (the consumer stopped reading) frees its row at the next step.
 
 A persona with an adapter passes its adapter path (`adapter="adapters/pirate-lora"`); validate it
 early with `ensure_adapter(persona_id, path)`, which raises AdapterError naming both.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from pydantic import ConfigDict
 from bot.adapters import AdapterBank, BaseModelInfo, LoadedAdapter, Row, build_batch
 from bot.domain.persona import GenerationParams
 from bot.domain.stops import StopScanner
+from bot.models.batching import BatchScheduler, Finished, SoftPrompt, chat_prefix_length
 from bot.models.local_loader import LoadedModel
+from bot.settings import ModelSettings
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
@@ -44,22 +47,27 @@ class GenerationResult:
     completion_tokens: int
 
 
-_END = object()
-
-
 class LocalRuntime:
-    """The shared local model, its adapters, and a one-thread generation worker."""
+    """The shared local model, its adapters, and the batch scheduler that serves streaming replies."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, settings: ModelSettings | None = None) -> None:
         self.loaded = loaded
         base = BaseModelInfo.of(
             loaded.model, loaded.name, loaded.source.name, str(getattr(loaded.model, "name_or_path", ""))
         )
         self.adapters = AdapterBank(loaded.model, base)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         # One model call at a time: loading an adapter rewires the shared modules, and PEFT installs
         # its per-row `adapter_names` hooks on those shared modules for the length of a generate().
         self._model_lock = threading.Lock()
+        # Streaming replies: every conversation in one continuously batched decode loop. It holds the
+        # lock one step at a time, so an adapter load waits for a step, not for a whole reply.
+        self.scheduler = BatchScheduler.from_settings(
+            loaded.model,
+            loaded.tokenizer,
+            settings or ModelSettings(),
+            model_lock=self._model_lock,
+            resolve_model=lambda: self.adapters.generator,  # the PeftModel once a LoRA is loaded
+        )
 
     @property
     def name(self) -> str:
@@ -148,43 +156,47 @@ class LocalRuntime:
         return tokens
 
     async def stream(
-        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | Path | None = None
+        self,
+        messages: list[dict[str, str]],
+        params: GenerationParams,
+        adapter: str | Path | None = None,
+        *,
+        prefix_messages: int = 1,
+        cache_tag: str = "",
     ) -> AsyncGenerator[str | GenerationResult, None]:
         """Yield text pieces as they are decoded, then one GenerationResult.
 
         `adapter`: the persona's adapter path (LoRA or soft prompt), or None for the plain model.
+        `prefix_messages`: how many leading messages are the persona's hard prompt (system prompt +
+        few-shot examples): their KV state is cached and reused by every turn that starts with them.
+        `cache_tag`: the persona id, so that a persona reload can drop its cached prompts.
+        Raises ModelBusy when the generation queue is full.
         """
-        from transformers import TextStreamer
-
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
-
-        class QueueStreamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    loop.call_soon_threadsafe(queue.put_nowait, text)
-
-        # With inputs_embeds the prompt generate() hands the streamer first is empty; skip_prompt
-        # drops exactly that, so only new tokens are streamed.
-        streamer = QueueStreamer(self.loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-        def work() -> tuple[int, int]:
-            try:
-                row = self.row(messages, adapter)  # in the worker: a first adapter load may wait
-                new = self.generate_rows([row], params, streamer=streamer, cancel=cancel)[0]
-                return row.prompt_tokens, len(new)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        future = loop.run_in_executor(self._executor, work)
-        try:
-            while (item := await queue.get()) is not _END:
-                yield str(item)
-            prompt_tokens, completion = await future
-        finally:
-            cancel.set()
-        yield GenerationResult(prompt_tokens=prompt_tokens, completion_tokens=completion)
+        loaded_adapter = None
+        if adapter is not None:
+            loaded_adapter = self.adapters.current(adapter)
+            if loaded_adapter is None:  # first use: loading waits for the model lock, off the event loop
+                loaded_adapter = await asyncio.to_thread(self._adapter, None, adapter)
+        ids = self.encode_chat(messages)
+        lora = soft = None
+        if loaded_adapter is not None and loaded_adapter.kind == "lora":
+            lora = loaded_adapter.name
+        elif loaded_adapter is not None:
+            soft = SoftPrompt(loaded_adapter.name, loaded_adapter.prompt)
+        rows = self.scheduler.submit(
+            ids,
+            params,
+            lora=lora,
+            soft_prompt=soft,
+            prefix_len=chat_prefix_length(self.loaded.tokenizer, messages, prefix_messages, ids),
+            cache_tag=cache_tag,
+        )
+        async with rows:  # leaving early (cancelled, a stop string seen by the caller) frees the row
+            async for item in rows:
+                if isinstance(item, Finished):
+                    yield GenerationResult(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                else:
+                    yield item
 
     def generate_blocking(
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | Path | None = None
@@ -195,7 +207,7 @@ class LocalRuntime:
         return text, GenerationResult(row.prompt_tokens, len(new))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.close()
 
 
 def _usage(result: GenerationResult) -> UsageMetadata:
@@ -215,6 +227,10 @@ class LocalChatModel(BaseChatModel):
     runtime: LocalRuntime
     params: GenerationParams = GenerationParams()
     adapter: str | None = None
+    #: Leading messages that are the persona's hard prompt (system + examples), cached across turns.
+    prefix_messages: int = 1
+    #: The persona id: its cached prompts are dropped on a persona reload.
+    cache_tag: str = ""
 
     @property
     def _llm_type(self) -> str:
@@ -257,7 +273,13 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         scanner = StopScanner(self._stops(stop))
-        stream = self.runtime.stream(to_chat_dicts(messages), self.params, self.adapter)
+        stream = self.runtime.stream(
+            to_chat_dicts(messages),
+            self.params,
+            self.adapter,
+            prefix_messages=self.prefix_messages,
+            cache_tag=self.cache_tag,
+        )
         try:
             async for item in stream:
                 if isinstance(item, GenerationResult):

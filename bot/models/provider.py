@@ -67,7 +67,7 @@ class DefaultModelProvider:
             if self._runtime is None:
                 loaded = load_local_model(self.settings, self.data_dir)
                 log.info("loaded %s in %.1fs (cached: %s)", loaded.name, loaded.load_seconds, loaded.from_cache)
-                self._runtime = LocalRuntime(loaded)
+                self._runtime = LocalRuntime(loaded, self.settings)
             return self._runtime
 
     async def warm_up(self, personas: list[Persona]) -> None:
@@ -76,8 +76,10 @@ class DefaultModelProvider:
             await asyncio.to_thread(self.local_runtime)
 
     def clear_cache(self) -> None:
-        """Forget per-persona models (after a persona reload)."""
+        """Forget per-persona models and cached persona prompts (after a persona reload)."""
         self._cache.clear()
+        if self._runtime is not None:
+            self._runtime.scheduler.invalidate()
 
     # -- binding -----------------------------------------------------------------------------
 
@@ -88,7 +90,13 @@ class DefaultModelProvider:
             # The adapter itself is loaded in the generation worker (never on the event loop);
             # check_adapters() validated it at start-up.
             return BoundModel(
-                chat_model=LocalChatModel(runtime=runtime, params=persona.generation, adapter=persona.adapter),
+                chat_model=LocalChatModel(
+                    runtime=runtime,
+                    params=persona.generation,
+                    adapter=persona.adapter,
+                    prefix_messages=1 + 2 * len(persona.examples),  # system prompt + few-shot examples
+                    cache_tag=persona.id,
+                ),
                 backend="local",
                 model_name=runtime.name,
                 adapter=persona.adapter,

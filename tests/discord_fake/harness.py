@@ -30,18 +30,25 @@ from .world import Guild, SentMessage
 
 FAIL_MARKER = "please fail"
 HOLD_MARKER = "wait for it"
+PAUSE_MARKER = "pause midway"
 
 
 class HeldScriptedModel(ScriptedChatModel):
-    """The scripted model, except that it waits for `hold` before answering a HOLD_MARKER message."""
+    """The scripted model, except that it waits for `hold` before answering a HOLD_MARKER message,
+    and after the first piece of its answer to a PAUSE_MARKER message."""
 
     hold: Any = None
 
     async def _astream(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.hold is not None and HOLD_MARKER in str(messages[-1].content):
+        text = str(messages[-1].content)
+        if self.hold is not None and HOLD_MARKER in text:
             await self.hold.wait()
+        pause = self.hold is not None and PAUSE_MARKER in text
         async for chunk in super()._astream(messages, *args, **kwargs):
             yield chunk
+            if pause and chunk.message.content:
+                pause = False
+                await self.hold.wait()
 
 
 class ScriptedProvider:
@@ -49,7 +56,8 @@ class ScriptedProvider:
 
     The echo ("[Persona Name] You said: <message>") shows which persona answered and what
     reached the model. A message containing FAIL_MARKER makes the model raise; one containing
-    HOLD_MARKER waits until the test sets `hold`.
+    HOLD_MARKER (PAUSE_MARKER) waits before (after the first piece of) its answer until the test
+    sets `hold`.
     """
 
     def __init__(self) -> None:

@@ -246,6 +246,14 @@ class FakeDiscord:
     async def dispatch_message(self, message: Json) -> None:
         await self.dispatch("MESSAGE_CREATE", message)
 
+    async def delete_user_message(self, message: Json) -> None:
+        """The author deletes their message: Discord sends MESSAGE_DELETE."""
+        self.messages.pop(int(message["id"]), None)
+        data = {"id": message["id"], "channel_id": message["channel_id"]}
+        if message.get("guild_id"):
+            data["guild_id"] = message["guild_id"]
+        await self.dispatch("MESSAGE_DELETE", data)
+
     async def react(self, user: Json, message_id: int, emoji: str, *, add: bool = True) -> None:
         message = self.messages[message_id]
         channel = self.channels[int(message["channel_id"])]

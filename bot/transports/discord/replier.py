@@ -13,6 +13,7 @@ from bot.domain.persona import Persona
 from bot.engine import ReplyFinished, TextDelta
 from bot.errors import ModelError, StoreError
 from bot.transports.discord.errors import TRUNCATED, apology_for
+from bot.transports.discord.inflight import ReplyStopped
 from bot.transports.discord.places import Place, Trigger, channel_label, place_of, prompt_text, truncate
 from bot.transports.discord.services import Services, external_id, user_id
 from bot.transports.discord.sinks import ChannelSink, typing_indicator
@@ -26,7 +27,7 @@ NUDGE = "-# Mention me with a message and I'll answer."
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of a message: ignored, duplicate, cooldown, busy, greeted, replied or failed."""
+    """What became of a message: ignored, duplicate, cooldown, busy, greeted, replied, stopped or failed."""
 
     kind: str
     message_ids: tuple[int, ...] = ()
@@ -55,8 +56,14 @@ class Replier:
                 stream.header = TRUNCATED.format(limit=self.settings.max_input_chars)
             request = self._request(message, channel, place, persona, text)
             async with typing_indicator(channel):
-                finished = await self._generate(stream, request)
+                finished = await self.services.in_flight.run(
+                    message.id, request.conversation_id, request.speaker.id, self._generate(stream, request)
+                )
             ids = await stream.finish(finished.text)
+        except ReplyStopped as stopped:
+            log.info("%s", stopped)
+            await self._withdraw(stream)
+            return Outcome("stopped")
         except Exception as exc:
             await self._apologize(stream, exc)
             raise
@@ -134,6 +141,13 @@ class Replier:
             await stream.fail(apology_for(exc))
         except discord.HTTPException:
             log.warning("could not post an apology", exc_info=True)
+
+    async def _withdraw(self, stream: ReplyStream) -> None:
+        """Take back the part of a stopped reply that was already shown."""
+        try:
+            await stream.withdraw()
+        except discord.HTTPException:
+            log.warning("could not delete a stopped reply", exc_info=True)
 
     async def _link(self, message_ids: list[int], reply_id: str) -> None:
         """Remember which reply the messages show, so reactions on them rate it."""

@@ -13,6 +13,7 @@ from bot.engine import ChatEngine
 from bot.errors import PersonaNotFound, StoreError
 from bot.redis_conn import RedisHandle
 from bot.settings import DiscordSettings
+from bot.transports.discord.inflight import InFlight
 from bot.transports.discord.placement import PersonaPlacements
 from bot.transports.discord.places import Place
 from bot.transports.discord.seen import SeenMessages
@@ -40,6 +41,7 @@ class Services:
     cooldowns: Cooldowns
     gate: ChannelGate
     webhooks: WebhookDirectory
+    in_flight: InFlight
 
     @classmethod
     def build(
@@ -53,6 +55,7 @@ class Services:
             cooldowns=Cooldowns(settings.user_cooldown_s),
             gate=ChannelGate(settings.channel_concurrency, settings.channel_queue),
             webhooks=WebhookDirectory(client),
+            in_flight=InFlight(),
         )
 
     async def persona_at(self, place: Place) -> Persona:

@@ -72,6 +72,12 @@ class ReplyStream:
         await self._update(final=True)
         return list(self.message_ids)
 
+    async def withdraw(self) -> None:
+        """Delete every message shown so far (a stopped reply)."""
+        while self.message_ids:
+            await self.sink.delete(self.message_ids.pop())
+            self._shown.pop()
+
     def _due(self) -> bool:
         return self._last_update is None or self.clock() - self._last_update >= self.interval
 

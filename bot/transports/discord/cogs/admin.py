@@ -21,7 +21,10 @@ class AdminCommands(commands.Cog):
     @app_commands.command(name="forget", description="Forget the conversation in this channel, thread or DM")
     async def forget(self, interaction: discord.Interaction) -> None:
         require_admin(interaction, self.services.settings.admin_role_ids, dm_ok=True)
-        await self.engine.reset(interaction_place(interaction).conversation_id)
+        conversation_id = interaction_place(interaction).conversation_id
+        # A reply still being generated would write the conversation back when it finishes.
+        await self.services.in_flight.stop_conversation(conversation_id)
+        await self.engine.reset(conversation_id)
         await interaction.response.send_message(
             "Done: I've forgotten the conversation here.", allowed_mentions=NO_PINGS
         )
@@ -29,6 +32,7 @@ class AdminCommands(commands.Cog):
     @app_commands.command(name="forget-me", description="Delete everything the bot stored about you, everywhere")
     async def forget_me(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.services.in_flight.stop_user(user_id(interaction.user))
         messages, records = await self.engine.forget_user(user_id(interaction.user))
         await interaction.followup.send(
             f"Done: deleted {messages} remembered messages (yours and my answers to you) "

@@ -1,5 +1,7 @@
 """Answer messages: decide whether to, then apply the dedupe, cooldown and channel limits.
 
+Deleting a message whose reply is still being generated stops that reply (see `inflight`).
+
 Each handled message ends with a `persona_handled(message, outcome)` event (see `Outcome`),
 which tests and extensions can wait for.
 """
@@ -37,6 +39,15 @@ class ChatCog(commands.Cog):
             self.bot.dispatch("persona_handled", message, Outcome("failed"))
             raise  # to the bot's on_error, which logs it with the message's ids
         self.bot.dispatch("persona_handled", message, outcome)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self.services.in_flight.stop_message(payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            await self.services.in_flight.stop_message(message_id)
 
     async def _handle(self, message: discord.Message) -> Outcome:
         me = self.bot.user

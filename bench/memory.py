@@ -5,9 +5,11 @@
 Writes 10 LoRA adapters (rank 8 on q/k/v/o, like a typical persona adapter) and 10 soft prompts
 (16 virtual tokens) as PEFT directories, then, for each configuration, starts a FRESH process that
 loads the base model, loads the adapters through the AdapterBank (one PeftModel for every LoRA),
-serves the same 20 short requests through the batch scheduler (rows rotating over base and the
-loaded adapters), and reports its resident set size (VmRSS) and peak (VmHWM). Appends a section to
-BENCHMARKS.md with --record.
+serves the same 42 short requests through the batch scheduler and reports its resident set size
+(VmRSS) and peak (VmHWM). Every configuration serves the same 21 personas -- 21 distinct hard
+prompts, two requests each -- and differs only in how many of them also carry an adapter (the rest
+run on the base model), so the prompt cache holds the same number of entries in each and the
+comparison isolates what the adapters cost. Appends a section to BENCHMARKS.md with --record.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ CONFIGS = {
     "+ 10 soft-prompt personas": (0, 10),
     "+ 10 LoRA + 10 soft-prompt personas": (10, 10),
 }
-REQUESTS = 20
+PERSONAS = 21  # distinct hard prompts served in every configuration
+REQUESTS = 2 * PERSONAS
 
 
 def status_kb(field: str) -> int:
@@ -81,12 +84,12 @@ def child(root: Path, loras: int, softs: int, data_dir: Path) -> dict[str, Any]:
 
     loaded = load(data_dir, None)
     bank = AdapterBank(loaded.model, BaseModelInfo.of(loaded.model, loaded.name))
-    personas: list[dict[str, Any]] = [{}]
+    adapters: list[dict[str, Any]] = [{}]
     for i in range(loras):
-        personas.append({"lora": bank.ensure(root / f"lora-{i}").name})
+        adapters.append({"lora": bank.ensure(root / f"lora-{i}").name})
     for i in range(softs):
         adapter = bank.ensure(root / f"soft-{i}")
-        personas.append({"soft_prompt": SoftPrompt(adapter.name, adapter.prompt)})
+        adapters.append({"soft_prompt": SoftPrompt(adapter.name, adapter.prompt)})
     gc.collect()
     loaded_kb = status_kb("VmRSS")
     scheduler = BatchScheduler(loaded.model, loaded.tokenizer, max_batch=8, resolve_model=lambda: bank.generator)
@@ -94,8 +97,10 @@ def child(root: Path, loras: int, softs: int, data_dir: Path) -> dict[str, Any]:
 
     async def serve() -> None:
         async def one(i: int) -> None:
-            ids, prefix = encode(loaded, persona_messages(QUESTIONS[i % len(QUESTIONS)]))
-            async for _ in scheduler.submit(ids, params, prefix_len=prefix, **personas[i % len(personas)]):
+            persona = i % PERSONAS  # its own hard prompt; an adapter too while there are adapters left
+            ids, prefix = encode(loaded, persona_messages(QUESTIONS[i % len(QUESTIONS)], user=f"member {persona}"))
+            adapter = adapters[persona] if persona < len(adapters) else {}
+            async for _ in scheduler.submit(ids, params, prefix_len=prefix, cache_tag=str(persona), **adapter):
                 pass
 
         await asyncio.gather(*(one(i) for i in range(REQUESTS)))
@@ -105,7 +110,7 @@ def child(root: Path, loras: int, softs: int, data_dir: Path) -> dict[str, Any]:
     gc.collect()
     cache_kb = (scheduler.prefix_cache.nbytes if scheduler.prefix_cache else 0) // 1024
     return {"loaded_kb": loaded_kb, "rss_kb": status_kb("VmRSS"), "peak_kb": status_kb("VmHWM"), "cache_kb": cache_kb,
-            "personas": len(personas) - 1}
+            "adapters": len(adapters) - 1}
 
 
 def main() -> None:
@@ -143,10 +148,11 @@ def main() -> None:
     served = "within" if served_ratio <= 1.1 else f"{served_ratio:.2f}×, above"
     table = "\n".join(rows)
     note = (f"Target: 10 LoRA + 10 soft-prompt personas ≤ 1.1× the memory of the base alone. With the adapters "
-            f"loaded: {verdict}. After serving {REQUESTS} replies (4 tokens each, max_batch 8, rows rotating over the "
-            f"personas) the ratio is {served} the target: the prompt cache then holds one persona-prompt KV entry per "
-            "(persona, adapter) -- bounded by BOT_MODEL__PROMPT_CACHE_MB -- and the generation thread's malloc arena "
-            "keeps freed batch memory. RSS includes the Python runtime and libraries (torch, transformers, peft).")
+            f"loaded: {verdict}. After serving the same {PERSONAS} personas ({REQUESTS} replies of 4 tokens, "
+            "max_batch 8) "
+            f"the ratio is {served} the target; every configuration then holds {PERSONAS} persona-prompt KV entries in "
+            "the prompt cache (bounded by BOT_MODEL__PROMPT_CACHE_MB). RSS includes the Python runtime and libraries "
+            "(torch, transformers, peft).")
     print(table + "\n\n" + note)
     if args.record:
         record_section("Memory: LoRA and soft-prompt personas on one base model",

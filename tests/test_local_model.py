@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from langchain_core.messages import convert_to_messages
 
 from bot.app import Runtime, build_runtime
 from bot.domain.messages import ChatRequest, Speaker
@@ -111,7 +112,8 @@ async def test_concurrent_conversations_decode_together_and_match_alone(
         async with runtime_with(settings, runtime) as rt:
             alone = [(await rt.engine.reply(ask(q, f"alone-{i}"))).text for i, q in enumerate(questions)]
             assert runtime.scheduler.stats.max_rows == 1
-            together = await asyncio.gather(*(rt.engine.reply(ask(q, f"together-{i}")) for i, q in enumerate(questions)))
+            asked = [ask(q, f"together-{i}") for i, q in enumerate(questions)]
+            together = await asyncio.gather(*(rt.engine.reply(request) for request in asked))
     finally:
         runtime.close()
     assert runtime.scheduler.stats.max_rows >= 2, "the conversations shared decode steps"
@@ -152,10 +154,28 @@ async def test_a_full_queue_answers_busy_and_a_closed_stream_frees_its_row(
                 with pytest.raises(ModelBusy):
                     await rt.engine.reply(ask("Me too?", "other"))
             async with asyncio.timeout(30):
-                while runtime.scheduler.active:  # the row is freed at the next decode step
+                # The row is freed at the worker's next decode step (a thread: no event to await).
+                while runtime.scheduler.active:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             assert (await rt.engine.reply(ask("Say hi.", "other"))).text
             assert await rt.memory.load("long", 10) == [], "a reply that was not finished is not remembered"
     finally:
         runtime.close()
+
+
+async def test_ainvoke_goes_through_the_scheduler_and_matches_the_stream(
+    settings: Settings, local_model: LoadedModel
+) -> None:
+    runtime = LocalRuntime(local_model)
+    try:
+        async with runtime_with(settings, runtime) as rt:
+            streamed = await rt.engine.reply(ask("Name a colour.", "colours"))
+            bound = rt.models.bind(rt.personas.get("tiny"))
+            answer = await bound.chat_model.ainvoke(convert_to_messages(streamed.record.prompt_messages))
+    finally:
+        runtime.close()
+    assert str(answer.content).strip() == streamed.text
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata["output_tokens"] == streamed.record.completion_tokens
+    assert runtime.scheduler.stats.finished == 2, "both replies were decoded by the scheduler"
 

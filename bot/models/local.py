@@ -265,6 +265,21 @@ class LocalChatModel(BaseChatModel):
             message=AIMessageChunk(content=message.content, usage_metadata=getattr(message, "usage_metadata", None))
         )
 
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # ainvoke (evals, the judge) goes through the batch scheduler too, not the blocking path.
+        text, usage = [], None
+        async for chunk in self._astream(messages, stop, run_manager, **kwargs):
+            text.append(str(chunk.message.content))
+            usage = getattr(chunk.message, "usage_metadata", None) or usage
+        message = AIMessage(content="".join(text), usage_metadata=usage)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
     async def _astream(
         self,
         messages: list[BaseMessage],

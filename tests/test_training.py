@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from bot.domain.feedback import RatedReply, ReplyRecord
-from bot.domain.messages import ChatMessage
+from bot.domain.messages import ChatMessage, ChatRequest, Speaker
 from bot.domain.persona import Example, GenerationParams, Persona
 from bot.models.local import LocalRuntime
 from bot.models.local_loader import LoadedModel, load_local_model
-from bot.settings import ModelSettings
+from bot.settings import ModelSettings, Settings
 from bot.training.data import (
     ChatExample,
-    feedback_examples,
     load_jsonl,
     persona_examples,
     split_holdout,
@@ -109,58 +107,28 @@ def test_bad_jsonl_names_file_and_line(tmp_path: Path, line: str, message: str) 
     assert message in str(caught.value)
 
 
-class FakeFeedback:
-    """The FeedbackLog port's iter_rated, over fixed rated replies."""
+async def test_from_feedback_keeps_upvoted_majority_replies_in_their_prompt(settings: Settings) -> None:
+    """`train --from-feedback` reads the real Redis feedback log that the engine wrote."""
+    from bot.app import build_runtime
+    from bot.cli_train import gather_data
 
-    def __init__(self, rated: list[RatedReply]) -> None:
-        self.rated = rated
-
-    async def iter_rated(self, persona_id: str | None = None) -> AsyncIterator[RatedReply]:
-        for r in self.rated:
-            if persona_id is None or r.record.persona_id == persona_id:
-                yield r
-
-
-def rated(reply: str, ratings: dict[str, int], persona_id: str = "pirate") -> RatedReply:
-    record = ReplyRecord(
-        reply_id=reply,
-        conversation_id="c",
-        user_id="u",
-        persona_id=persona_id,
-        persona_version="1",
-        model="m",
-        backend="local",
-        adapter=None,
-        generation={},
-        prompt_messages=[
-            {"role": "system", "content": "Be a pirate."},
-            {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Old turn"},
-            {"role": "user", "content": "Again?"},
-        ],
-        reply=reply,
-        latency_s=0.1,
-        first_token_s=0.05,
-        prompt_tokens=10,
-        completion_tokens=3,
-        system_prompt_hash="h",
-    )
-    return RatedReply(record, ratings)
-
-
-async def test_feedback_keeps_upvoted_majority_replies_in_their_prompt() -> None:
-    log = FakeFeedback(
-        [
-            rated("good", {"a": 1, "b": 1, "c": -1}),
-            rated("tied", {"a": 1, "b": -1}),
-            rated("bad", {"a": -1}),
-            rated("other persona", {"a": 1}, persona_id="someone-else"),
-        ]
-    )
-    examples, source = await feedback_examples(log, "pirate")  # type: ignore[arg-type]
-    assert [e.messages[-1].content for e in examples] == ["good"]
-    assert examples[0].context == 4 and examples[0].messages[0].content == "Be a pirate."
-    assert source.name == "feedback:pirate" and source.examples == 1
+    async with build_runtime(settings) as rt:
+        replies = {}
+        for text, persona in [("good", "captain"), ("tied", "captain"), ("bad", "captain"), ("other", "terse")]:
+            request = ChatRequest(f"conv-{text}", Speaker("u", "Sam"), f"say {text}", persona_id=persona)
+            replies[text] = await rt.engine.reply(request)
+        votes = {"good": {"a": 1, "b": 1, "c": -1}, "tied": {"a": 1, "b": -1}, "bad": {"a": -1}, "other": {"a": 1}}
+        for text, by_user in votes.items():
+            for user, value in by_user.items():
+                await rt.engine.rate(replies[text].reply_id, user, value)
+        captain = rt.personas.get("captain")
+    examples, sources = await gather_data(settings, captain, [], from_feedback=True, use_examples=False)
+    assert [e.messages[-1].content for e in examples] == [replies["good"].text]
+    [example] = examples
+    assert [m.content for m in example.messages[: example.context]] == [
+        m["content"] for m in replies["good"].record.prompt_messages
+    ]
+    assert [(s.name, s.examples) for s in sources] == [("feedback:captain", 1)]
 
 
 def test_persona_examples_get_the_system_prompt_and_split_is_stable() -> None:

@@ -4,9 +4,10 @@ vs converting the bundled GGUF first.
     .venv/bin/python bench/cold_start.py [--runs 3] [--record]
 
 Each run is a NEW Python process that imports the bot's local backend, loads SmolLM2-135M
-(`load_local_model`, the bot's own loader), starts the batch scheduler and streams a reply (greedy,
-up to 32 tokens) to a one-line question. The GGUF run starts from an empty data directory, so it
-dequantizes and converts the GGUF (and writes the safetensors cache); the cached runs then start from
+(`load_local_model`, the bot's own loader), builds its LocalRuntime (adapter bank + batch scheduler,
+the serving path) and streams a reply (greedy, up to 32 tokens) to a one-line question. The GGUF run
+starts from an empty data directory, so it dequantizes and converts the GGUF (and writes the
+safetensors cache); the cached runs then start from
 that cache, as every later start of the bot does. Times are measured by the parent from spawning the
 process (interpreter start and imports included). Appends a section to BENCHMARKS.md with --record.
 """
@@ -33,30 +34,28 @@ def child(data_dir: Path) -> None:
     import asyncio
 
     from bot.domain.persona import GenerationParams
-    from bot.models.batching import BatchScheduler, Finished
+    from bot.models.local import GenerationResult, LocalRuntime
     from bot.models.local_loader import load_local_model
     from bot.settings import ModelSettings
 
     imported = time.perf_counter()
     loaded = load_local_model(ModelSettings(), data_dir)
     ready = time.perf_counter()
-    scheduler = BatchScheduler(loaded.model, loaded.tokenizer)
+    runtime = LocalRuntime(loaded, ModelSettings())
     messages = [{"role": "user", "content": QUESTION}]
-    encoded = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
-    ids = list(encoded["input_ids"])
     marks: dict[str, float] = {}
 
     async def reply() -> None:
         params = GenerationParams(temperature=0.0, max_new_tokens=32, repetition_penalty=1.0)
-        async for item in scheduler.submit(ids, params):
+        async for item in runtime.stream(messages, params):
             if "first_token" not in marks:
                 marks["first_token"] = time.perf_counter()
-            if isinstance(item, Finished):
+            if isinstance(item, GenerationResult):
                 marks["tokens"] = item.completion_tokens
 
     asyncio.run(reply())
     done = time.perf_counter()
-    scheduler.close()
+    runtime.close()
     print(json.dumps({"imports": imported - started, "load": ready - imported, "from_cache": loaded.from_cache,
                       "first_token": marks["first_token"] - started, "reply": done - started,
                       "tokens": marks["tokens"], "child_total": done - started}))
@@ -110,7 +109,7 @@ def main() -> None:
 
         record_section("Cold start: new process to first reply",
                        f"{machine_line()}\n\nCommand: `.venv/bin/python bench/cold_start.py --runs {args.runs} "
-                       f"--record` (SmolLM2-135M float32, bot's loader + batch scheduler)\n\n{table}\n\n{note}\n")
+                       f"--record` (SmolLM2-135M float32, the bot's loader and LocalRuntime)\n\n{table}\n\n{note}\n")
 
 
 if __name__ == "__main__":

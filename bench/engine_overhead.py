@@ -32,8 +32,13 @@ async def measure(messages: int, concurrency: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", port=free_port())
         url = server.start()
-        settings = Settings(data_dir=Path(tmp), personas_dir=REPO / "personas", redis={"url": url},
-                            model={"backend": "scripted"}, _env_file=None)  # type: ignore[call-arg]
+        settings = Settings(
+            data_dir=Path(tmp),
+            personas_dir=REPO / "personas",
+            redis={"url": url},
+            model={"backend": "scripted"},
+            _env_file=None,
+        )  # type: ignore[call-arg]
         try:
             async with build_runtime(settings) as rt:
                 client = rt.redis.client
@@ -78,20 +83,24 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="append the result to BENCHMARKS.md")
     args = parser.parse_args()
     r = asyncio.run(measure(args.messages, args.concurrency))
-    table = "\n".join([
-        "| measure | value |",
-        "|---|---|",
-        f"| bare Redis round trip (PING) p50 | {r['ping_p50_ms']:.3f} ms |",
-        f"| engine message p50 | {r['p50_ms']:.3f} ms ({r['p50_ms'] / r['ping_p50_ms']:.1f}× PING) |",
-        f"| engine message p99 | {r['p99_ms']:.3f} ms |",
-        f"| messages/s, one at a time | {r['sequential_msgs_s']:.0f} |",
-        f"| messages/s, {args.concurrency} conversations at once | {r['concurrent_msgs_s']:.0f} |",
-    ])
+    table = "\n".join(
+        [
+            "| measure | value |",
+            "|---|---|",
+            f"| bare Redis round trip (PING) p50 | {r['ping_p50_ms']:.3f} ms |",
+            f"| engine message p50 | {r['p50_ms']:.3f} ms ({r['p50_ms'] / r['ping_p50_ms']:.1f}× PING) |",
+            f"| engine message p99 | {r['p99_ms']:.3f} ms |",
+            f"| messages/s, one at a time | {r['sequential_msgs_s']:.0f} |",
+            f"| messages/s, {args.concurrency} conversations at once | {r['concurrent_msgs_s']:.0f} |",
+        ]
+    )
     print(table)
     if args.record:
-        record_section(f"Engine overhead ({args.messages} messages, scripted backend, real Redis)",
-                       f"{machine_line()}\n\nCommand: `.venv/bin/python bench/engine_overhead.py --messages "
-                       f"{args.messages} --concurrency {args.concurrency} --record`\n\n{table}\n")
+        record_section(
+            f"Engine overhead ({args.messages} messages, scripted backend, real Redis)",
+            f"{machine_line()}\n\nCommand: `.venv/bin/python bench/engine_overhead.py --messages "
+            f"{args.messages} --concurrency {args.concurrency} --record`\n\n{table}\n",
+        )
 
 
 if __name__ == "__main__":

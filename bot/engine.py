@@ -112,10 +112,16 @@ class ChatEngine:
 
     async def reply(self, request: ChatRequest) -> ReplyFinished:
         """Generate a whole reply (no streaming)."""
+        finished: ReplyFinished | None = None
+        # Run the stream to its end rather than returning at ReplyFinished: an abandoned generator
+        # would release the conversation lock only when the event loop finalizes it (a thread-safe
+        # wake-up and an extra task per message), after this call has already returned.
         async for event in self.stream(request):
             if isinstance(event, ReplyFinished):
-                return event
-        raise ModelError("the model stream ended without a reply")  # pragma: no cover - stream always finishes
+                finished = event
+        if finished is None:  # pragma: no cover - stream always finishes
+            raise ModelError("the model stream ended without a reply")
+        return finished
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Stream one reply: TextDelta events, then exactly one ReplyFinished.

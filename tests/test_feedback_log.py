@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -12,14 +13,32 @@ from bot.feedback.redis_log import RedisFeedbackLog, stats_key
 from bot.redis_conn import RedisHandle
 
 
-def record(user: str = "u1", persona: str = "p", variant: str = "default", created: float = 1_700_000_000.0,
-           reply: str = "hello") -> ReplyRecord:
+def record(
+    user: str = "u1",
+    persona: str = "p",
+    variant: str = "default",
+    created: float = 1_700_000_000.0,
+    reply: str = "hello",
+) -> ReplyRecord:
     return ReplyRecord(
-        reply_id=new_reply_id(), conversation_id="c", user_id=user, persona_id=persona, persona_version="1",
-        model="m", backend="scripted", adapter=None, generation={"temperature": 0.0},
+        reply_id=new_reply_id(),
+        conversation_id="c",
+        user_id=user,
+        persona_id=persona,
+        persona_version="1",
+        model="m",
+        backend="scripted",
+        adapter=None,
+        generation={"temperature": 0.0},
         prompt_messages=[{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}],
-        reply=reply, latency_s=0.1, first_token_s=0.05, prompt_tokens=3, completion_tokens=1,
-        system_prompt_hash="abc", variant=variant, created_at=created,
+        reply=reply,
+        latency_s=0.1,
+        first_token_s=0.05,
+        prompt_tokens=3,
+        completion_tokens=1,
+        system_prompt_hash="abc",
+        variant=variant,
+        created_at=created,
     )
 
 
@@ -119,3 +138,28 @@ async def test_forget_user_removes_their_replies_and_ratings(redis_handle: Redis
     rated = [x async for x in log.iter_rated()]
     assert [x.record.reply_id for x in rated] == [theirs.reply_id]
     assert all("alice" not in x.ratings for x in rated)
+
+
+async def test_record_writes_every_index_a_transaction_used_to(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = replace(record(user="alice", variant="short"), participants=["alice", "bob"])
+    await log.record(r)
+    client, k = redis_handle.client, redis_handle.key
+    sk = stats_key("p", "1", "short")
+    assert await client.hgetall(k("reply", r.reply_id, "meta")) == {
+        b"persona": b"p",
+        b"version": b"1",
+        b"variant": b"short",
+        b"user": b"alice",
+        b"created": repr(r.created_at).encode(),
+        b"day": b"2023-11-14",
+        b"sk": sk.encode(),
+    }
+    assert await client.zscore(k("replies"), r.reply_id) == r.created_at
+    assert await client.hgetall(k("daily", sk)) == {b"2023-11-14:replies": b"1"}
+    assert await client.smembers(k("stats", "index")) == {sk.encode()}
+    for user in ("alice", "bob"):
+        assert await client.smembers(k("user", user, "replies")) == {r.reply_id.encode()}
+    assert await client.ttl(k("reply", r.reply_id)) == -1  # no retention: kept
+    await log.record(record(user="alice", variant="short"))
+    assert (await log.stats())[sk]["replies"] == 2

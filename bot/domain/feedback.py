@@ -6,6 +6,7 @@ parameters), so every rating rates one precise prompt. The format is versioned (
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -22,8 +23,12 @@ def new_reply_id() -> str:
     return uuid.uuid4().hex
 
 
+@functools.lru_cache(maxsize=1024)
 def prompt_hash(text: str) -> str:
-    """Short stable hash of a rendered prompt text (identifies which prompt was rated)."""
+    """Short stable hash of a rendered prompt text (identifies which prompt was rated).
+
+    Memoized: a persona's rendered system prompt repeats across messages (it changes with the day or
+    the minute at most), and hashing it costs more than the lookup."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -58,7 +63,7 @@ class ReplyRecord:
 
     def to_json(self) -> str:
         # A shallow field dict: asdict() deep-copies the prompt messages, which costs more than Redis.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -66,6 +71,9 @@ class ReplyRecord:
         data = json.loads(raw)
         data.pop("schema", None)
         return cls(**data)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ReplyRecord))
 
 
 @dataclass(frozen=True, slots=True)

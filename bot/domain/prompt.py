@@ -5,6 +5,8 @@ Pure functions: token counting is passed in, so this knows nothing of tokenizers
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +19,15 @@ from bot.errors import PromptTooLong
 MESSAGE_OVERHEAD = 4
 
 
+@functools.lru_cache(maxsize=2)
+def _clock(minute: int) -> tuple[str, str, str]:
+    """Local (date, time, weekday) during one epoch minute. They only change from one minute to the
+    next (UTC offsets change on minute boundaries), so each message need not read the clock and the
+    time zone and format three times."""
+    now = datetime.fromtimestamp(minute * 60).astimezone()
+    return now.strftime("%Y-%m-%d"), now.strftime("%H:%M"), now.strftime("%A")
+
+
 @dataclass(frozen=True, slots=True)
 class PromptContext:
     user_name: str
@@ -26,16 +37,19 @@ class PromptContext:
     now: datetime | None = None
 
     def variables(self, persona: Persona) -> dict[str, str]:
-        now = self.now or datetime.now().astimezone()
+        if self.now is None:
+            date, clock, weekday = _clock(int(time.time() // 60))
+        else:
+            date, clock, weekday = self.now.strftime("%Y-%m-%d"), self.now.strftime("%H:%M"), self.now.strftime("%A")
         return {
             "user_name": self.user_name,
             "channel": self.channel,
             "server": self.server,
             "bot_name": self.bot_name or persona.name,
             "persona_name": persona.name,
-            "date": now.strftime("%Y-%m-%d"),
-            "time": now.strftime("%H:%M"),
-            "weekday": now.strftime("%A"),
+            "date": date,
+            "time": clock,
+            "weekday": weekday,
         }
 
 

@@ -57,14 +57,16 @@ return old
 # Stores a reply record and counts it, atomically: the same writes, in the same order, as a MULTI/EXEC
 # of SET, HSET, HINCRBY, HINCRBY, SADD, ZADD, SADD per user.
 # KEYS: 1 reply, 2 reply meta, 3 stats, 4 daily, 5 stats index, 6 replies zset, 7.. users' reply sets.
-# ARGV: 1 record JSON, 2 expiry in seconds (0: never), 3 reply id, 4 created_at, 5 stats key,
-#       6 daily counter field, 7.. meta field/value pairs.
+# ARGV: 1 record JSON, 2 expiry in seconds (0: never), 3 reply id, 4 repr(created_at) (the ZADD score
+#       and the meta "created"), 5 stats key, 6 day (YYYY-MM-DD), 7 persona, 8 persona version,
+#       9 variant, 10 user. (Field names live in the script: fewer arguments to encode and send.)
 _RECORD_SCRIPT = """
 local ex = tonumber(ARGV[2])
 if ex > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ex) else redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], 'persona', ARGV[7], 'version', ARGV[8], 'variant', ARGV[9], 'user', ARGV[10],
+           'created', ARGV[4], 'day', ARGV[6], 'sk', ARGV[5])
 redis.call('HINCRBY', KEYS[3], 'replies', 1)
-redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':replies', 1)
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
 for i = 7, #KEYS do redis.call('SADD', KEYS[i], ARGV[3]) end
@@ -93,15 +95,6 @@ class RedisFeedbackLog:
     async def record(self, record: ReplyRecord) -> None:
         rid, sk = record.reply_id, stats_key(record.persona_id, record.persona_version, record.variant)
         day = datetime.fromtimestamp(record.created_at, UTC).strftime("%Y-%m-%d")
-        meta = (
-            ("persona", record.persona_id),
-            ("version", record.persona_version),
-            ("variant", record.variant),
-            ("user", record.user_id),
-            ("created", repr(record.created_at)),
-            ("day", day),
-            ("sk", sk),
-        )
         users = sorted({record.user_id, *record.participants})
         with store_errors("record a reply"):
             await self._record(
@@ -118,10 +111,13 @@ class RedisFeedbackLog:
                     record.to_json(),
                     self.retention_s,
                     rid,
-                    record.created_at,
+                    repr(record.created_at),
                     sk,
-                    f"{day}:replies",
-                    *(item for pair in meta for item in pair),
+                    day,
+                    record.persona_id,
+                    record.persona_version,
+                    record.variant,
+                    record.user_id,
                 ],
             )
 

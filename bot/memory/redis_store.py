@@ -10,6 +10,7 @@ where a MULTI/EXEC transaction of the same writes costs the client a reply per q
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import fields
@@ -64,13 +65,15 @@ def _encode_turn(turn: StoredTurn) -> str:
     return json.dumps({name: getattr(turn, name) for name in _TURN_FIELDS}, ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=8192)
+def _decode_turn(raw: bytes) -> StoredTurn:
+    # Every message re-reads most of the conversation's window: the same stored bytes always decode
+    # to the same (frozen, immutable) turn, so each item is parsed once while it is recent.
+    return StoredTurn(**json.loads(raw))
+
+
 def _decode_turns(raw: Sequence[bytes | str]) -> list[StoredTurn]:
-    # One JSON parse of the whole window instead of one per turn: the items are JSON objects,
-    # so joining them with commas inside brackets is a valid JSON array of the same values.
-    if not raw:
-        return []
-    joined = b",".join(item if isinstance(item, bytes) else item.encode() for item in raw)
-    return [StoredTurn(**turn) for turn in json.loads(b"[" + joined + b"]")]
+    return [_decode_turn(item if isinstance(item, bytes) else item.encode()) for item in raw]
 
 
 class RedisMemoryStore:

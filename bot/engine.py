@@ -215,10 +215,12 @@ class ChatEngine:
         await self.feedback.rate(Rating(reply_id, user_id, value, context=context))  # type: ignore[arg-type]
 
     async def reset(self, conversation_id: str) -> None:
+        _langchain_message.cache_clear()
         await self.memory.clear(conversation_id)
 
     async def forget_user(self, user_id: str) -> tuple[int, int]:
         """Privacy: delete a user's messages and ratings everywhere. Returns (messages, records)."""
+        _langchain_message.cache_clear()  # no copy of their words stays behind in this process either
         return await self.memory.forget_user(user_id), await self.feedback.forget_user(user_id)
 
     async def greeting(self, persona: Persona, user_name: str, channel: str = "direct messages") -> str | None:

@@ -162,3 +162,18 @@ async def test_write_failures_are_redis_errors_and_drop_the_connection(redis_han
         conn.socket_timeout = timeout
         await pool.release(conn)
     assert await redis_handle.client.ping()  # the pool reconnects
+
+
+async def test_forgetting_also_drops_decoded_turns_from_process_memory(redis_handle: RedisHandle) -> None:
+    from bot.memory.redis_store import _decode_turn
+
+    store = RedisMemoryStore(redis_handle)
+    await store.append("c", pair(0, "secret-keeper"), max_turns=10, ttl_seconds=60)
+    await store.load("c", 10)
+    assert _decode_turn.cache_info().currsize > 0
+    await store.forget_user("secret-keeper")
+    assert _decode_turn.cache_info().currsize == 0
+    await store.append("d", pair(1), max_turns=10, ttl_seconds=60)
+    await store.load("d", 10)
+    await store.clear("d")
+    assert _decode_turn.cache_info().currsize == 0

@@ -113,10 +113,12 @@ class RedisMemoryStore:
             )
 
     async def clear(self, conversation_id: str) -> None:
+        _decode_turn.cache_clear()  # forgotten means gone from this process's memory too
         with store_errors("clear conversation memory"):
             await self.redis.client.delete(self._key(conversation_id))
 
     async def forget_user(self, user_id: str) -> int:
+        _decode_turn.cache_clear()
         with store_errors("forget a user's messages"):
             conversations = await self.redis.client.smembers(self._user_key(user_id))
             removed = 0

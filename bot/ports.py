@@ -52,6 +52,18 @@ class FeedbackLog(Protocol):
         """Every reply with at least one rating, oldest first, streamed in pages."""
         ...
 
+    def recent(self, since: float | str, limit: int) -> AsyncIterator[ReplyRecord]:
+        """The newest `limit` records created at or after `since` (a timestamp, or "-inf"), newest first."""
+        ...
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per "persona|version|variant": replies, up, down (kept forever)."""
+        ...
+
+    async def daily(self, sk: str) -> dict[str, dict[str, int]]:
+        """Per-day counters of one "persona|version|variant": {day: {replies, up, down}}."""
+        ...
+
     async def forget_user(self, user_id: str) -> int:
         """Delete the user's ratings and the replies to them; returns how many records."""
         ...

@@ -193,6 +193,22 @@ class RedisFeedbackLog:
             out.setdefault(day, {})[kind] = int(value)
         return dict(sorted(out.items()))
 
+    async def recent(self, since: float | str, limit: int) -> AsyncIterator[ReplyRecord]:
+        """The newest `limit` reply records created at or after `since` (a timestamp or "-inf"),
+        newest first, read in pages from the creation-time index; expired records are skipped."""
+        client, index = self.redis.client, self.k("replies")
+        offset = 0
+        while offset < limit:
+            with store_errors("page through reply records"):
+                ids = await client.zrevrangebyscore(index, "+inf", since, start=offset, num=min(PAGE, limit - offset))
+                if not ids:
+                    return
+                raws = await client.mget([self.k("reply", _text(cast(bytes | str, i))) for i in ids])
+            for raw in raws:
+                if raw is not None:
+                    yield ReplyRecord.from_json(raw)
+            offset += len(ids)
+
     async def iter_rated(self, persona_id: str | None = None) -> AsyncIterator[RatedReply]:
         index = self.k("persona", persona_id, "rated") if persona_id else self.k("rated")
         start = 0

@@ -11,21 +11,18 @@ Variants of the same persona version are compared pairwise with a two-proportion
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from html import escape
 from itertools import combinations
 from typing import Any
 
-from bot.domain.feedback import ReplyRecord
 from bot.domain.stats import Comparison, compare, median, wilson_interval
 from bot.evals.table import percent, render_table
-from bot.feedback.redis_log import RedisFeedbackLog
-from bot.redis_conn import store_errors
+from bot.ports import FeedbackLog
 
 DEFAULT_SAMPLE = 20_000
-_PAGE = 500
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -213,7 +210,7 @@ def _counts(raw: dict[str, int]) -> Counts:
 
 
 async def build_report(
-    log: RedisFeedbackLog,
+    log: FeedbackLog,
     *,
     persona_id: str | None = None,
     since: date | None = None,
@@ -237,37 +234,16 @@ async def build_report(
 
 
 async def _add_medians(
-    log: RedisFeedbackLog, groups: dict[GroupKey, GroupReport], since: date | None, sample: int
+    log: FeedbackLog, groups: dict[GroupKey, GroupReport], since: date | None, sample: int
 ) -> None:
     if not groups or sample <= 0:
         return
     low = datetime.combine(since, datetime.min.time(), UTC).timestamp() if since else "-inf"
-    async for record in recent_records(log, low, sample):
+    async for record in log.recent(low, sample):
         group = groups.get(GroupKey(record.persona_id, record.persona_version, record.variant))
         if group is not None:
             group.latencies.append(record.latency_s)
             group.lengths.append(len(record.reply))
-
-
-async def recent_records(log: RedisFeedbackLog, since: float | str, limit: int) -> AsyncIterator[ReplyRecord]:
-    """The newest `limit` reply records created at or after `since`, newest first, read in pages
-    from the creation-time index; expired records (past retention) are skipped."""
-    client, index = log.redis.client, log.k("replies")
-    offset = 0
-    while offset < limit:
-        with store_errors("page through reply records"):
-            ids = await client.zrevrangebyscore(index, "+inf", since, start=offset, num=min(_PAGE, limit - offset))
-            if not ids:
-                return
-            raws = await client.mget([log.k("reply", _decode(i)) for i in ids])
-        for raw in raws:
-            if raw is not None:
-                yield ReplyRecord.from_json(raw)
-        offset += len(ids)
-
-
-def _decode(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def parse_since(text: str, today: date | None = None) -> date:

@@ -92,7 +92,9 @@ def child(root: Path, loras: int, softs: int, data_dir: Path) -> dict[str, Any]:
         adapters.append({"soft_prompt": SoftPrompt(adapter.name, adapter.prompt)})
     gc.collect()
     loaded_kb = status_kb("VmRSS")
-    scheduler = BatchScheduler(loaded.model, loaded.tokenizer, max_batch=8, resolve_model=lambda: bank.generator)
+    scheduler = BatchScheduler(
+        loaded.model, loaded.tokenizer, max_batch=8, max_queue=REQUESTS, resolve_model=lambda: bank.generator
+    )
     params = GenerationParams(temperature=0.0, max_new_tokens=4, repetition_penalty=1.0)
 
     async def serve() -> None:

@@ -204,9 +204,10 @@ def main() -> None:
         seq, bat = measure(mixed, top, args.turns, params, batch=args.batch, adapters=adapters)
         add(f"{top}, mixed adapters", seq, bat)
         _, single = measure(mixed, top, args.turns, params, batch=args.batch, adapters=[{"lora": "one"}])
+        change = 100 * (single.rate / bat.rate - 1)
         notes.append(f"- {top} conversations on one LoRA only (same PeftModel), batched: {single.rate:.1f} tok/s; "
-                     f"the mixed batch (base, 2 LoRA, soft prompt) costs {100 * (single.rate / bat.rate - 1):.0f}% "
-                     "more time per token.")
+                     f"per token, the mixed batch (base, 2 LoRA, soft prompt) took {change:+.0f}% time "
+                     "vs that single-adapter batch.")
     print("\n".join(notes))
     if args.record:
         threads = args.threads or "all"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,11 @@ class AdapterBank:
 
         try:
             if self.peft_model is None:
-                self.peft_model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=name)
+                with warnings.catch_warnings():
+                    # peft 0.21 calls a transformers 5 property that warns of its own deprecation; the
+                    # warning says nothing to the bot's user and would interleave with a console chat.
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                    self.peft_model = PeftModel.from_pretrained(self.base_model, str(path), adapter_name=name)
                 self.peft_model.eval()
             else:
                 self.peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)

@@ -246,6 +246,20 @@ def test_shipped_adapters_fit_the_bundled_model(runtime: LocalRuntime, name: str
     assert card["base_model"]["name"] == runtime.name and adapter
 
 
+@pytest.mark.model
+def test_a_soft_prompts_positions_come_out_of_the_prompt_budget(runtime: LocalRuntime, tmp_path: Path) -> None:
+    from bot.domain.persona import Persona
+    from bot.models.provider import DefaultModelProvider
+    from bot.settings import ModelSettings
+
+    provider = DefaultModelProvider(ModelSettings(), tmp_path, runtime=runtime)
+    plain = Persona(id="plain", name="Plain", system_prompt="Hi.")
+    soft = plain.model_copy(update={"id": "soft", "adapter": str(REPO / "adapters" / "captain-soft")})
+    runtime.ensure_adapter("soft", REPO / "adapters" / "captain-soft")
+    virtual = json.loads((REPO / "adapters" / "captain-soft" / "adapter_config.json").read_text())["num_virtual_tokens"]
+    assert provider.bind(soft).context_window == provider.bind(plain).context_window - virtual > 0
+
+
 # -- bad adapter directories --------------------------------------------------------------------
 
 

@@ -88,7 +88,9 @@ class DefaultModelProvider:
         if backend == "local":
             runtime = self.local_runtime()
             # The adapter itself is loaded in the generation worker (never on the event loop);
-            # check_adapters() validated it at start-up.
+            # check_adapters() validated (and so loaded) it at start-up.
+            loaded = runtime.adapters.current(persona.adapter) if persona.adapter else None
+            virtual_tokens = loaded.virtual_tokens if loaded is not None else 0  # a soft prompt's positions
             return BoundModel(
                 chat_model=LocalChatModel(
                     runtime=runtime,
@@ -100,7 +102,7 @@ class DefaultModelProvider:
                 backend="local",
                 model_name=runtime.name,
                 adapter=persona.adapter,
-                context_window=runtime.loaded.context_window,
+                context_window=runtime.loaded.context_window - virtual_tokens,
                 count_tokens=runtime.count_tokens,
                 adapter_hash=adapter_hash(persona.adapter),
             )

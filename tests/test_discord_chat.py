@@ -16,7 +16,7 @@ from bot.domain.splitting import find_fences
 from bot.redis_conn import EmbeddedRedis
 from bot.settings import Settings
 from tests.conftest import free_port
-from tests.discord_fake.harness import FAIL_MARKER, HOLD_MARKER, PAUSE_MARKER, DiscordHarness
+from tests.discord_fake.harness import BUSY_MARKER, FAIL_MARKER, HOLD_MARKER, PAUSE_MARKER, DiscordHarness
 
 NO_PINGS: dict[str, list[str]] = {"parse": []}
 THUMBS = ["\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}"]
@@ -329,4 +329,15 @@ async def test_deleting_another_message_does_not_stop_a_reply(h: DiscordHarness)
     await h.fake.delete_user_message(unrelated)
     h.provider.hold.set()
     assert (await running).kind == "replied"
+
+
+async def test_a_full_model_queue_gets_a_short_busy_reply(h: DiscordHarness) -> None:
+    conversation = f"discord:channel:{h.general['id']}"
+    _, outcome = await h.say(h.alice, h.general, f"{BUSY_MARKER}!", mention_bot=True)
+    assert outcome.kind == "busy"
+    [notice] = h.reply_of(outcome)
+    assert "too many messages" in notice.content and notice.allowed_mentions[-1] == NO_PINGS
+    assert await h.runtime.engine.memory.load(conversation, 10) == []
+    _, later = await h.say(h.alice, h.general, "and now?", mention_bot=True)
+    assert later.kind == "replied"
 

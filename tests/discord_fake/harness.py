@@ -17,6 +17,7 @@ from typing import Any
 
 from bot.app import Runtime, build_runtime
 from bot.domain.persona import Persona
+from bot.errors import ModelBusy
 from bot.models.scripted import ScriptedChatModel, approx_token_count
 from bot.ports import BoundModel
 from bot.settings import Settings
@@ -30,6 +31,7 @@ from .world import Guild, SentMessage
 
 FAIL_MARKER = "please fail"
 HOLD_MARKER = "wait for it"
+BUSY_MARKER = "everyone at once"
 PAUSE_MARKER = "pause midway"
 
 
@@ -41,6 +43,8 @@ class HeldScriptedModel(ScriptedChatModel):
 
     async def _astream(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
         text = str(messages[-1].content)
+        if BUSY_MARKER in text:
+            raise ModelBusy("the local model is busy: 32 requests are waiting (max_queue=32)")
         if self.hold is not None and HOLD_MARKER in text:
             await self.hold.wait()
         pause = self.hold is not None and PAUSE_MARKER in text
@@ -55,7 +59,8 @@ class ScriptedProvider:
     """A ModelProvider whose replies the test controls: queued replies, else an echo.
 
     The echo ("[Persona Name] You said: <message>") shows which persona answered and what
-    reached the model. A message containing FAIL_MARKER makes the model raise; one containing
+    reached the model. A message containing FAIL_MARKER makes the model raise (BUSY_MARKER: raise
+    ModelBusy, as a full local-model queue does); one containing
     HOLD_MARKER (PAUSE_MARKER) waits before (after the first piece of) its answer until the test
     sets `hold`.
     """
@@ -212,4 +217,13 @@ def build_world() -> FakeDiscord:
     return fake
 
 
-__all__ = ["FAIL_MARKER", "HOLD_MARKER", "DiscordHarness", "ScriptedProvider", "build_world", "p"]
+__all__ = [
+    "BUSY_MARKER",
+    "FAIL_MARKER",
+    "HOLD_MARKER",
+    "PAUSE_MARKER",
+    "DiscordHarness",
+    "ScriptedProvider",
+    "build_world",
+    "p",
+]

@@ -11,7 +11,7 @@ import discord
 from bot.domain.messages import ChatRequest, Speaker
 from bot.domain.persona import Persona
 from bot.engine import ReplyFinished, TextDelta
-from bot.errors import ModelError, StoreError
+from bot.errors import ModelBusy, ModelError, StoreError
 from bot.transports.discord.errors import TRUNCATED, apology_for
 from bot.transports.discord.inflight import ReplyStopped
 from bot.transports.discord.places import Place, Trigger, channel_label, place_of, prompt_text, truncate
@@ -64,6 +64,10 @@ class Replier:
             log.info("%s", stopped)
             await self._withdraw(stream)
             return Outcome("stopped")
+        except ModelBusy as busy:  # a full generation queue is load, not a failure: no traceback
+            log.warning("message %s: %s", message.id, busy)
+            await self._apologize(stream, busy)
+            return Outcome("busy", tuple(stream.message_ids))
         except Exception as exc:
             await self._apologize(stream, exc)
             raise

@@ -24,7 +24,10 @@ def _clock(minute: int) -> tuple[str, str, str]:
     """Local (date, time, weekday) during one epoch minute. They only change from one minute to the
     next (UTC offsets change on minute boundaries), so each message need not read the clock and the
     time zone and format three times."""
-    now = datetime.fromtimestamp(minute * 60).astimezone()
+    return _formatted(datetime.fromtimestamp(minute * 60).astimezone())
+
+
+def _formatted(now: datetime) -> tuple[str, str, str]:
     return now.strftime("%Y-%m-%d"), now.strftime("%H:%M"), now.strftime("%A")
 
 
@@ -37,10 +40,7 @@ class PromptContext:
     now: datetime | None = None
 
     def variables(self, persona: Persona) -> dict[str, str]:
-        if self.now is None:
-            date, clock, weekday = _clock(int(time.time() // 60))
-        else:
-            date, clock, weekday = self.now.strftime("%Y-%m-%d"), self.now.strftime("%H:%M"), self.now.strftime("%A")
+        date, clock, weekday = _clock(int(time.time() // 60)) if self.now is None else _formatted(self.now)
         return {
             "user_name": self.user_name,
             "channel": self.channel,

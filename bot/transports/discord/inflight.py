@@ -10,7 +10,7 @@ batch at the next decode step, and nothing is remembered or recorded for it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -64,9 +64,9 @@ class InFlight:
             if self._entries.get(message_id) is entry:
                 del self._entries[message_id]
 
-    async def stop_message(self, message_id: int, reason: str = "the message was deleted") -> int:
-        """Stop the reply to one message; returns 1, or 0 when none is in progress."""
-        return await self._stop([e for m, e in self._entries.items() if m == message_id], reason)
+    async def stop_messages(self, message_ids: Iterable[int], reason: str = "the message was deleted") -> int:
+        """Stop the replies to these messages (those in progress); returns how many."""
+        return await self._stop([e for m in message_ids if (e := self._entries.get(m)) is not None], reason)
 
     async def stop_conversation(self, conversation_id: str, reason: str = "the conversation was forgotten") -> int:
         """Stop every reply in a conversation; returns how many."""

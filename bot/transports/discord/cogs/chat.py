@@ -42,12 +42,11 @@ class ChatCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self.services.in_flight.stop_message(payload.message_id)
+        await self.services.in_flight.stop_messages([payload.message_id])
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
-        for message_id in payload.message_ids:
-            await self.services.in_flight.stop_message(message_id)
+        await self.services.in_flight.stop_messages(payload.message_ids)
 
     async def _handle(self, message: discord.Message) -> Outcome:
         me = self.bot.user

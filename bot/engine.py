@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
 from bot.domain.messages import ChatMessage, ChatRequest, StoredTurn
 from bot.domain.persona import Persona
-from bot.domain.prompt import AssembledPrompt, PromptContext, assemble, render
+from bot.domain.prompt import AssembledPrompt, PromptContext, build_prompt, render
 from bot.domain.variants import choose_variant
 from bot.errors import BotError, ModelError
 from bot.models.streaming import stream_chat
@@ -145,15 +145,15 @@ class ChatEngine:
                 server=request.server_name,
                 bot_name=self.bot_name,
             )
-            prompt = assemble(
+            prompt = build_prompt(
                 persona,
-                render(persona.system_prompt, persona, context),
                 history,
                 request.text,
-                budget=bound.context_window - persona.generation.max_new_tokens,
+                context,
+                context_window=bound.context_window,
+                count=bound.count_tokens,
                 max_turns=max_turns,
                 max_history_tokens=max_tokens,
-                count=bound.count_tokens,
             )
             started = time.perf_counter()
             first_token: float | None = None

@@ -146,3 +146,33 @@ def assemble(
         history_messages=len(window),
         examples_included=include_examples,
     )
+
+
+def build_prompt(
+    persona: Persona,
+    history: Sequence[StoredTurn],
+    user_text: str,
+    context: PromptContext,
+    *,
+    context_window: int,
+    count: Callable[[str], int],
+    max_turns: int,
+    max_history_tokens: int,
+) -> AssembledPrompt:
+    """The one prompt recipe: what production (ChatEngine), `eval` and `refine` send to a model.
+
+    The persona's system prompt rendered for `context`, its examples, as much of `history` as fits,
+    and the new message, within the context window less the reply's room (`max_new_tokens`).
+    Everything that changes what a model reads for a turn belongs here, so an offline score
+    measures exactly the prompt users get.
+    """
+    return assemble(
+        persona,
+        render(persona.system_prompt, persona, context),
+        history,
+        user_text,
+        budget=context_window - persona.generation.max_new_tokens,
+        max_turns=max_turns,
+        max_history_tokens=max_history_tokens,
+        count=count,
+    )

@@ -1,7 +1,7 @@
 """Run prompt test cases against a persona (variant) and check the replies.
 
 Replies come from a `Responder`. `ModelResponder` is the real one: it binds the persona's model
-through the ModelProvider and builds the prompt with the same `assemble()` the ChatEngine uses,
+through the ModelProvider and builds the prompt with the same `build_prompt()` recipe the ChatEngine uses,
 with the case's conversation as history. It deliberately bypasses ChatEngine.reply(): evals must
 not write conversation memory or reply records, or they would pollute the feedback report.
 """
@@ -16,7 +16,7 @@ from langchain_core.language_models.chat_models import BaseChatModel
 
 from bot.domain.messages import StoredTurn
 from bot.domain.persona import Persona
-from bot.domain.prompt import PromptContext, assemble, render
+from bot.domain.prompt import PromptContext, build_prompt
 from bot.engine import to_langchain
 from bot.errors import BotError
 from bot.evals.assertions import check
@@ -49,15 +49,15 @@ class ModelResponder:
         bound = self.models.bind(persona)
         context = PromptContext(user_name=case.user_name, channel=case.channel, bot_name=self.bot_name)
         history = [StoredTurn(m.role, m.content) for m in case.input[:-1]]
-        prompt = assemble(
+        prompt = build_prompt(
             persona,
-            render(persona.system_prompt, persona, context),
             history,
             case.input[-1].content,
-            budget=bound.context_window - persona.generation.max_new_tokens,
+            context,
+            context_window=bound.context_window,
+            count=bound.count_tokens,
             max_turns=len(history),  # the case's conversation is the memory: keep all of it
             max_history_tokens=bound.context_window,
-            count=bound.count_tokens,
         )
         answer = await bound.chat_model.ainvoke(to_langchain(prompt.messages))
         return (answer.content if isinstance(answer.content, str) else str(answer.content)).strip()

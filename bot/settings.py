@@ -62,6 +62,9 @@ class ModelSettings(BaseModel):
     prompt_cache_mb: int = Field(
         default=512, ge=1, description="Local backend: memory cap of the prompt cache in MiB (LRU)."
     )
+    stall_timeout_s: float = Field(
+        default=180.0, gt=0, description="Local backend: a reply fails when the model is stuck this long in one step."
+    )
 
 
 class MemorySettings(BaseModel):

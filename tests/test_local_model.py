@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import torch
 from langchain_core.messages import convert_to_messages
 
 from bot.app import Runtime, build_runtime
 from bot.domain.messages import ChatRequest, Speaker
 from bot.engine import ReplyFinished, TextDelta
-from bot.errors import ModelBusy
+from bot.errors import ModelBusy, ModelError
 from bot.models.local import LocalRuntime
 from bot.models.local_loader import LoadedModel
 from bot.models.provider import DefaultModelProvider
@@ -179,3 +180,27 @@ async def test_ainvoke_goes_through_the_scheduler_and_matches_the_stream(
     assert answer.usage_metadata["output_tokens"] == streamed.record.completion_tokens
     assert runtime.scheduler.stats.finished == 2, "both replies were decoded by the scheduler"
 
+
+
+async def test_a_fault_inside_the_worker_reaches_the_engine_as_model_error_and_the_next_reply_works(
+    settings: Settings, local_model: LoadedModel
+) -> None:
+    """The user gets the short apology (transports map ModelError), nothing half-done is remembered."""
+    runtime = LocalRuntime(local_model)
+
+    def nan_scores(module: object, args: object, output: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(output, float("nan"))
+
+    try:
+        async with runtime_with(settings, runtime) as rt:
+            handle = local_model.model.lm_head.register_forward_hook(nan_scores)
+            try:
+                with pytest.raises(ModelError, match="NaN"):
+                    await rt.engine.reply(ask("Name a colour.", "broken"))
+            finally:
+                handle.remove()
+            assert await rt.memory.load("broken", 10) == []
+            assert (await rt.engine.reply(ask("Name a colour.", "broken"))).text
+    finally:
+        runtime.close()
+    assert runtime.scheduler.stats.failed == 1 and runtime.scheduler.broken is None

@@ -30,6 +30,7 @@ from pydantic import ConfigDict
 from bot.adapters import AdapterBank, BaseModelInfo, LoadedAdapter, Row, build_batch
 from bot.domain.persona import GenerationParams
 from bot.domain.stops import StopScanner
+from bot.errors import ModelError
 from bot.models.batching import BatchScheduler, Finished, SoftPrompt, chat_prefix_length
 from bot.models.local_loader import LoadedModel
 from bot.settings import ModelSettings
@@ -59,6 +60,7 @@ class LocalRuntime:
         # One model call at a time: loading an adapter rewires the shared modules, and PEFT installs
         # its per-row `adapter_names` hooks on those shared modules for the length of a generate().
         self._model_lock = threading.Lock()
+        self._lock_timeout_s = (settings or ModelSettings()).stall_timeout_s
         # Streaming replies: every conversation in one continuously batched decode loop. It holds the
         # lock one step at a time, so an adapter load waits for a step, not for a whole reply.
         self.scheduler = BatchScheduler.from_settings(
@@ -92,8 +94,14 @@ class LocalRuntime:
     def _adapter(self, persona_id: str | None, adapter: str | Path) -> LoadedAdapter:
         loaded = self.adapters.current(adapter)
         if loaded is None:
-            with self._model_lock:
+            # Bounded: a worker stuck in one step must not hold this request (and its caller) forever.
+            if not self._model_lock.acquire(timeout=self._lock_timeout_s):
+                raise ModelError(f"the local model stayed busy for {self._lock_timeout_s:.0f} s; "
+                                 f"could not load adapter {adapter}")
+            try:
                 loaded = self.adapters.ensure(adapter, persona_id)
+            finally:
+                self._model_lock.release()
         return loaded
 
     def row(self, messages: list[dict[str, str]], adapter: str | Path | None = None) -> Row:

@@ -28,6 +28,11 @@ def base_of(model: Any) -> Any:
     return model.get_base_model() if is_peft(model) else model
 
 
+def has_adapter(model: Any, lora: str | None) -> bool:
+    """Whether a row naming `lora` (None: the base model) can run on `model` now."""
+    return lora is None or (is_peft(model) and lora in model.peft_config)
+
+
 _CACHE_KWARG: dict[type, str] = {}
 
 

@@ -14,6 +14,19 @@ their max length. New requests therefore start at the next step instead of waiti
 
 A full queue raises ModelBusy at submit, before anything is queued. The worker holds `model_lock`
 for one step at a time, so loading an adapter waits for a step, not for a whole reply.
+
+Supervision (faults never strand a reply):
+
+* a fault that belongs to one row (its prompt fails to prefill, its scores are NaN, its LoRA was
+  unloaded, its sampling or detokenizing raises) ends that row alone with a ModelError; the others
+  keep decoding;
+* a fault of the whole step (the batched forward pass, KV surgery) ends the rows of that step with a
+  ModelError and resets the batch; the worker goes on with the next requests;
+* anything that escapes the serving loop (a BaseException: the thread being killed) is caught by the
+  supervisor around it: the rows it held fail, the loop restarts (at most `max_restarts` times per
+  minute, then the scheduler is broken and every pending and future request fails at once);
+* consumers never wait forever: RowStream asks `WorkerHealth` whenever nothing arrived for a while,
+  so a dead or stuck worker ends every wait with a ModelError (see health.py).
 """
 
 from __future__ import annotations
@@ -32,9 +45,10 @@ from bot.domain.persona import GenerationParams
 from bot.domain.stops import StopScanner
 from bot.errors import ModelBusy, ModelError, PromptTooLong
 from bot.models.batching import forward
+from bot.models.batching.health import WorkerHealth
 from bot.models.batching.kv import BatchState
 from bot.models.batching.prefix_cache import PrefixCache
-from bot.models.batching.rows import Finished, FinishReason, Request, RowStream, Sink, SoftPrompt, end_of_stream
+from bot.models.batching.rows import LIVENESS_POLL_S, Finished, FinishReason, Request, RowStream, Sink, SoftPrompt
 from bot.models.batching.sampling import Detokenizer, next_token
 
 log = logging.getLogger(__name__)
@@ -51,6 +65,12 @@ class SchedulerStats:
     max_rows: int = 0  # the largest batch seen
     prefill_s: float = 0.0  # seconds in prefill forward passes
     decode_s: float = 0.0  # seconds in batched decode steps (forward + sampling + streaming)
+    failed: int = 0  # rows ended by a fault (theirs or their step's)
+    crashes: int = 0  # times the supervisor restarted a crashed worker loop
+
+
+#: A crash that repeats this often within CRASH_WINDOW_S breaks the scheduler for good.
+CRASH_WINDOW_S = 60.0
 
 
 class _Row:
@@ -80,11 +100,16 @@ class BatchScheduler:
         model_lock: threading.Lock | None = None,
         resolve_model: Callable[[], Any] | None = None,
         seed: int | None = None,
+        stall_timeout_s: float = 180.0,
+        max_restarts: int = 3,
+        liveness_poll_s: float = LIVENESS_POLL_S,
     ) -> None:
         """`resolve_model`, if given, returns the module to call at each step (an AdapterBank's
-        generator becomes a PeftModel once the first LoRA is loaded); otherwise `model` is used."""
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError("max_batch must be >= 1 and max_queue >= 0")
+        generator becomes a PeftModel once the first LoRA is loaded); otherwise `model` is used.
+        `stall_timeout_s`: a consumer gives up when the worker spent that long in one step.
+        `max_restarts`: crashes of the worker loop survived per minute before the scheduler breaks."""
+        if max_batch < 1 or max_queue < 0 or max_restarts < 0:
+            raise ValueError("max_batch must be >= 1, max_queue and max_restarts >= 0")
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -101,7 +126,10 @@ class BatchScheduler:
         self._active: list[_Row] = []  # worker thread only; same order as the batch rows
         self._active_count = 0  # len(_active) as seen under _cond, for admission control
         self._batch = BatchState(self._config)
-        self._thread: threading.Thread | None = None
+        self._admitting: list[Request] = []  # worker thread only: taken from the queue, not yet active
+        self._health = WorkerHealth(stall_timeout_s)
+        self._max_restarts = max_restarts
+        self._poll_s = liveness_poll_s
         self._closed = False
         self._generator: Any = None
         if seed is not None:
@@ -114,7 +142,8 @@ class BatchScheduler:
         """Build from a `bot.settings.ModelSettings`."""
         return cls(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,
                    prompt_cache=settings.prompt_cache, prompt_cache_entries=settings.prompt_cache_entries,
-                   prompt_cache_bytes=settings.prompt_cache_mb * 2**20, **kwargs)
+                   prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
+                   stall_timeout_s=settings.stall_timeout_s, **kwargs)
 
     # -- event-loop side ---------------------------------------------------------------------
 
@@ -133,7 +162,8 @@ class BatchScheduler:
         `lora`: the LoRA adapter's name in the PeftModel (None: the base model). `prefix_len`: how
         many leading tokens are the persona's hard prompt, worth caching (0: none). `cache_tag`: a
         label for the prompt cache (the persona id) so `invalidate(tag)` can drop its entries.
-        Raises ModelBusy when the queue is full, PromptTooLong when the prompt leaves no room to reply.
+        Raises ModelBusy when the queue is full, PromptTooLong when the prompt leaves no room to reply,
+        ModelError when the scheduler is closed or broken (its worker died).
         """
         if not input_ids:
             raise ValueError("a request needs at least one prompt token")
@@ -147,6 +177,10 @@ class BatchScheduler:
         with self._cond:
             if self._closed:
                 raise ModelError("the local model is shutting down")
+            if self._health.dead() and self._health.broken is None:
+                self._break("the local model's worker stopped unexpectedly; restart the bot")
+            if self._health.broken is not None:
+                raise ModelError(self._health.broken)
             free = max(0, self.max_batch - self._active_count)
             if len(self._waiting) >= self.max_queue + free:
                 self.stats.rejected += 1
@@ -155,7 +189,7 @@ class BatchScheduler:
             self._waiting.append(request)
             self._start_worker()
             self._cond.notify()
-        return RowStream(request)
+        return RowStream(request, self._health.problem, self._poll_s)
 
     @property
     def waiting(self) -> int:
@@ -166,6 +200,11 @@ class BatchScheduler:
     def active(self) -> int:
         with self._cond:
             return self._active_count
+
+    @property
+    def broken(self) -> str | None:
+        """Why the scheduler no longer serves (its worker died for good), or None."""
+        return self._health.broken
 
     def invalidate(self, cache_tag: str | None = None) -> None:
         """Forget cached persona prompts: all, or those stored under one tag (after a persona reload)."""
@@ -179,28 +218,73 @@ class BatchScheduler:
         """Stop the worker; rows still queued or running end with a ModelError."""
         with self._cond:
             self._closed = True
+            self._health.closed = True
             self._cond.notify_all()
-            thread = self._thread
+            thread = self._health.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            self._abort_all(ModelError("the local model is shutting down"))  # a dead worker could not
 
     def _start_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="batch-generate", daemon=True)
-            self._thread.start()
+        """Start the worker thread on first use (under _cond)."""
+        if self._health.thread is None:
+            self._health.thread = threading.Thread(target=self._supervise, name="batch-generate", daemon=True)
+            self._health.thread.start()
+
+    def _break(self, reason: str) -> None:
+        """The worker is gone for good: fail everything queued, and refuse what comes (under _cond)."""
+        self._health.broken = reason
+        log.critical("local model scheduler broken: %s", reason)
+        waiting, self._waiting = list(self._waiting), deque()
+        error = ModelError(reason)
+        for request in waiting:
+            request.fail(error)
+        self._cond.notify_all()
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _supervise(self) -> None:
+        """The worker thread: serve; if the serving loop itself crashes, fail what it held and restart."""
+        crashes: deque[float] = deque()
+        while True:
+            try:
+                self._serve()
+                break
+            except BaseException as exc:  # even SystemExit/KeyboardInterrupt aimed at this thread
+                log.critical("the local model's worker crashed; its rows end with an error", exc_info=exc)
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and now - crashes[0] > CRASH_WINDOW_S:
+                    crashes.popleft()
+                if len(crashes) > self._max_restarts:
+                    with self._cond:
+                        self._break(f"the local model's worker crashed ({len(crashes)}× within a minute; last: "
+                                    f"{type(exc).__name__}: {exc}); restart the bot")
+                    self._fail_held(exc)
+                    return
+                self.stats.crashes += 1
+                self._fail_held(exc)
+        self._abort_all(ModelError("the local model is shutting down"))
+
+    def _serve(self) -> None:
         import torch
 
         with torch.inference_mode():
             while (admitted := self._next_admissions()) is not None:
-                with self._lock:
-                    self._step(admitted)
+                self._admitting = admitted
+                self._health.step_started()
+                try:
+                    with self._lock:
+                        self._step(admitted)
+                except Exception as exc:  # a fault of the whole step: its rows end, the worker goes on
+                    log.exception("a batch step failed; its %d rows end with an error",
+                                  len(self._active) + len(self._admitting))
+                    self._fail_held(exc)
+                finally:  # (a BaseException leaves _admitting for the supervisor to fail)
+                    self._health.step_ended()
                 with self._cond:
                     self._active_count = len(self._active)
-        self._abort_all(ModelError("the local model is shutting down"))
 
     def _next_admissions(self) -> list[Request] | None:
         """Wait for work; take as many waiting requests as there are free rows (None: closing)."""
@@ -222,14 +306,21 @@ class BatchScheduler:
     def _step(self, admitted: list[Request]) -> None:
         model = self._resolve()
         self._retire([i for i, row in enumerate(self._active) if row.request.cancelled.is_set()])
+        self._drop_orphans(model)
         if admitted:
             self._admit(model, admitted)
+            self._admitting = []
         if self._active:
-            try:
-                self._decode(model)
-            except Exception as exc:  # a broken step must not take the worker (or other requests) down
-                log.exception("batched decode step failed")
-                self._fail_active(exc)
+            self._decode(model)
+
+    def _drop_orphans(self, model: Any) -> None:
+        """Rows whose LoRA was unloaded (a retrained adapter replaced it) would fail the whole batched
+        forward pass: end them alone."""
+        orphans = [i for i, row in enumerate(self._active) if not forward.has_adapter(model, row.request.lora)]
+        for i in orphans:
+            self._fail_row(self._active[i], ModelError(f"adapter {self._active[i].request.lora!r} was unloaded "
+                                                       "while replying"))
+        self._retire(orphans, already_ended=True)
 
     def _admit(self, model: Any, requests: list[Request]) -> None:
         """Prefill new rows together, choose their first tokens, and merge the survivors into the batch."""
@@ -244,6 +335,7 @@ class BatchScheduler:
                     self._admit(model, [request])
                 return
             log.exception("prefill failed")
+            self.stats.failed += 1
             requests[0].fail(exc)
             return
         finally:
@@ -254,7 +346,7 @@ class BatchScheduler:
             row.cached = cached[i]
             self.stats.prefilled += request.prompt_positions - cached[i]
             self.stats.cached += cached[i]
-            if not self._accept(row, self._choose(row, logits[i])):
+            if not self._take(row, logits[i]):
                 survivors.append(i)
                 self._active.append(row)
         state.keep_rows(survivors)
@@ -272,12 +364,29 @@ class BatchScheduler:
         self._batch.advance(mask)
         self.stats.steps += 1
         self.stats.decoded += len(self._active)
-        done = [i for i, row in enumerate(self._active) if self._accept(row, self._choose(row, logits[i]))]
+        done = [i for i, row in enumerate(self._active) if self._take(row, logits[i])]
         self._retire(done, already_ended=True)
         self.stats.decode_s += time.perf_counter() - started
 
+    def _take(self, row: _Row, logits: Any) -> bool:
+        """Choose and stream a row's next token; True when the row ended (finished, or failed alone)."""
+        try:
+            return self._accept(row, self._choose(row, logits))
+        except Exception as exc:  # this row's fault (NaN scores, a sampling or detokenizer error)
+            log.exception("a reply failed; the other rows go on")
+            self._fail_row(row, exc)
+            return True
+
     def _choose(self, row: _Row, logits: Any) -> int:
+        import torch
+
+        if bool(torch.isnan(logits).any()):
+            raise ModelError("the model produced invalid (NaN) scores for this reply")
         return next_token(logits, row.generated, row.request.params, self._generator)
+
+    def _fail_row(self, row: _Row, exc: BaseException) -> None:
+        self.stats.failed += 1
+        row.request.fail(exc)
 
     def _accept(self, row: _Row, token: int) -> bool:
         """Take a chosen token: stream its text; True when the row is finished (and ended)."""
@@ -302,8 +411,7 @@ class BatchScheduler:
         return True
 
     def _emit(self, row: _Row, text: str) -> None:
-        if text and not row.request.sink.put(text):
-            row.request.cancelled.set()
+        row.request.emit(text)
 
     def _result(self, row: _Row, reason: FinishReason) -> Finished:
         request = row.request
@@ -318,10 +426,8 @@ class BatchScheduler:
         )
 
     def _end(self, request: Request, result: Finished | None) -> None:
-        if result is not None:
-            request.sink.put(result)
+        if request.finish(result) and result is not None:
             self.stats.finished += 1
-        request.sink.put(end_of_stream())
 
     def _retire(self, indices: list[int], *, already_ended: bool = False) -> None:
         """Remove these active rows (ending them as cancelled unless they ended already)."""
@@ -335,18 +441,23 @@ class BatchScheduler:
         self._batch.keep_rows(keep)
         self._active = [self._active[i] for i in keep]
 
-    def _fail_active(self, exc: BaseException) -> None:
-        for row in self._active:
-            row.request.fail(exc)
-        self._active = []
+    def _fail_held(self, exc: BaseException) -> None:
+        """End every row the worker holds (admitted or active) with an error and reset the batch."""
+        held = [row.request for row in self._active] + self._admitting
+        self._active, self._admitting = [], []
         self._batch = BatchState(self._config)
+        with self._cond:
+            self._active_count = 0
+        self.stats.failed += sum(not request.ended for request in held)
+        for request in held:
+            request.fail(exc)
 
     def _abort_all(self, exc: ModelError) -> None:
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
         for request in waiting:
             request.fail(exc)
-        self._fail_active(exc)
+        self._fail_held(exc)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

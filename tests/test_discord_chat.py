@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -277,29 +278,103 @@ async def test_gateway_redelivery_after_a_reconnect_does_not_duplicate_replies(h
     assert len(replies) == 1
 
 
-async def test_user_cooldown(settings: Settings) -> None:
+# -- cooldowns and the queue ----------------------------------------------------------------------
+
+
+async def test_a_cooldown_is_judged_by_when_messages_were_sent(settings: Settings) -> None:
+    """Messages sent an hour apart but delivered together (a stall) are all answered; one sent
+    within the cooldown is not silently dropped: it waits, and here (an hour) is told why at once."""
+    now = time.time()
     async with DiscordHarness.running(settings, user_cooldown_s=3600) as h:
-        _, first = await h.say(h.alice, h.general, "one", mention_bot=True)
-        second_message, second = await h.say(h.alice, h.general, "two", mention_bot=True)
+        kinds = []
+        for age in (7300, 3650, 0):
+            message = h.fake.user_message(h.alice, h.general, f"sent {age}s ago", mention_bot=True, sent_at=now - age)
+            kinds.append((await h.deliver(message)).kind)
+        assert kinds == ["replied", "replied", "replied"]
+        too_soon, outcome = await h.say(h.alice, h.general, "and again", mention_bot=True)
+        assert outcome.kind == "given_up"
+        [notice] = h.reply_of(outcome)
+        assert notice.reference_id == int(too_soon["id"])
+        assert "faster than I answer them (one every 60 minutes)" in notice.content
         _, other_user = await h.say(h.bob, h.general, "three", mention_bot=True)
-        assert (first.kind, second.kind, other_user.kind) == ("replied", "cooldown", "replied")
-        assert h.fake.bot_reactions_on(int(second_message["id"])) == ["\N{HOURGLASS WITH FLOWING SAND}"]
-        assert len(h.fake.sent_in(h.general)) == 2
+        assert other_user.kind == "replied", "the cooldown is per user"
 
 
-async def test_channel_limit_says_busy_beyond_the_queue(settings: Settings) -> None:
-    async with DiscordHarness.running(settings, channel_concurrency=1, channel_queue=0) as h:
-        held = h.fake.user_message(h.alice, h.general, f"{HOLD_MARKER}", mention_bot=True)
-        running = asyncio.create_task(h.deliver(held))
-        await h.fake.wait_until(lambda: int(h.general["id"]) in h.fake.typing)  # it is generating
-        _, busy = await h.say(h.bob, h.general, "me too", mention_bot=True)
-        assert busy.kind == "busy"
-        [notice] = h.fake.sent_in(h.general)
-        assert "busy" in notice.content
+async def test_ten_at_once_in_one_channel_are_each_answered_once(h: DiscordHarness) -> None:
+    users = [h.fake.add_user(f"user{i}") for i in range(10)]
+    for user in users:
+        h.fake.join(h.guild, user)
+    messages = [h.fake.user_message(u, h.general, f"question {i}", mention_bot=True) for i, u in enumerate(users)]
+    outcomes = await asyncio.gather(*(h.deliver(m) for m in messages))
+    assert [o.kind for o in outcomes] == ["replied"] * 10
+    for i, (message, outcome) in enumerate(zip(messages, outcomes, strict=True)):
+        answers = [m for m in h.fake.sent_in(h.general) if m.reference_id == int(message["id"])]
+        assert answers == h.reply_of(outcome), "one reply each"
+        assert answers[0].content == f"[Ada] You said: question {i}"
+
+
+async def test_users_take_turns_in_a_busy_channel(h: DiscordHarness) -> None:
+    """What a user sends while their reply is pending waits behind the other users' messages."""
+    carol = h.fake.add_user("carol")
+    h.fake.join(h.guild, carol)
+    held = asyncio.create_task(h.deliver(h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)))
+    await h.fake.wait_until(lambda: int(h.general["id"]) in h.fake.typing)  # alice's reply is being generated
+    queued = [(h.alice, "a1"), (h.alice, "a2"), (h.bob, "b1"), (h.alice, "a3"), (carol, "c1")]
+    messages = [h.fake.user_message(user, h.general, text, mention_bot=True) for user, text in queued]
+    waiting = [asyncio.create_task(h.deliver(m)) for m in messages]
+    await h.fake.wait_until(lambda: h.bot.services.queue.waiting == len(queued))
+    h.provider.hold.set()
+    assert {o.kind for o in await asyncio.gather(held, *waiting)} == {"replied"}
+    turns = await h.runtime.engine.memory.load(f"discord:channel:{h.general['id']}", 10)
+    assert [t.content for t in turns if t.role == "user"] == [HOLD_MARKER, "b1", "c1", "a1", "a2", "a3"]
+
+
+async def test_a_long_wait_shows_a_notice_that_the_reply_then_replaces(settings: Settings) -> None:
+    async with DiscordHarness.running(settings, max_replies=1, wait_notice_s=0) as h:
+        held = asyncio.create_task(h.deliver(h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)))
+        await h.fake.wait_until(lambda: int(h.general["id"]) in h.fake.typing)
+        asked = h.fake.user_message(h.bob, h.lounge, "my turn?")  # another channel: only the slot is shared
+        waiting = asyncio.create_task(h.deliver(asked))
+        [notice] = await h.fake.wait_until(lambda: h.fake.sent_in(h.lounge))
+        assert notice.reference_id == int(asked["id"])
+        assert notice.content.startswith("-# Lots of messages right now: yours is in line, and I'll answer here in")
         h.provider.hold.set()
-        assert (await running).kind == "replied"
-        _, later = await h.say(h.bob, h.general, "now?", mention_bot=True)
-        assert later.kind == "replied"
+        assert (await held).kind == "replied"
+        outcome = await waiting
+        assert outcome.kind == "replied"
+        assert h.reply_of(outcome) == [notice], "the notice became the reply: one answer to the message"
+        assert notice.content == "[Ada] You said: my turn?"
+        assert h.fake.sent_in(h.lounge) == [notice]
+
+
+async def test_a_message_that_cannot_be_answered_in_time_is_given_up_with_a_reason(settings: Settings) -> None:
+    async with DiscordHarness.running(settings, max_replies=1, wait_notice_s=0, max_wait_s=1) as h:
+        for i in range(3):  # a few quick replies: the queue learns that replies take well under a second
+            await h.say(h.bob, h.lounge, f"warm-up {i}")
+        held = asyncio.create_task(h.deliver(h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)))
+        await h.fake.wait_until(lambda: int(h.general["id"]) in h.fake.typing)
+        asked, outcome = await h.say(h.bob, h.lounge, "still there?")  # expected soon, but the slot stays taken
+        assert outcome.kind == "given_up"
+        [notice] = h.reply_of(outcome)
+        assert notice.reference_id == int(asked["id"])
+        assert notice.content.startswith("-# Sorry, I couldn't get to this message: it waited more than 1 second")
+        assert "in line" in notice.contents[0], "it was told it waits, then why it was given up"
+        h.provider.hold.set()
+        assert (await held).kind == "replied"
+
+
+async def test_a_message_expected_to_wait_too_long_is_given_up_at_once(settings: Settings) -> None:
+    async with DiscordHarness.running(settings, max_replies=1, max_wait_s=1) as h:
+        held = asyncio.create_task(h.deliver(h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)))
+        await h.fake.wait_until(lambda: h.bot.services.queue.running == 1)
+        asked, outcome = await h.say(h.bob, h.lounge, "me too")  # no reply measured yet: a few seconds expected
+        assert outcome.kind == "given_up"
+        [notice] = h.reply_of(outcome)
+        assert notice.reference_id == int(asked["id"]) and len(notice.contents) == 1
+        assert notice.content.startswith("-# Sorry, I'm too busy to answer this: it would wait")
+        assert "longer than the 1 second I allow" in notice.content
+        h.provider.hold.set()
+        assert (await held).kind == "replied"
 
 
 async def test_deleting_the_message_stops_its_reply(h: DiscordHarness) -> None:

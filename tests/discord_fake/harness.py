@@ -15,14 +15,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bot.app import Runtime, build_runtime
+from bot.app import Runtime, build_discord_state, build_runtime
 from bot.domain.persona import Persona
 from bot.errors import ModelBusy
 from bot.models.scripted import ScriptedChatModel, approx_token_count
 from bot.ports import BoundModel
 from bot.settings import Settings
 from bot.transports.discord import PersonaBot, create_bot
-from bot.transports.discord.replier import Outcome
+from bot.transports.discord.handling import Outcome
 
 from . import payloads as p
 from .payloads import Json
@@ -131,7 +131,7 @@ class DiscordHarness:
         self.runtime: Runtime = await stack.enter_async_context(
             build_runtime(self.settings, model_provider=self.provider)
         )
-        self.bot: PersonaBot = create_bot(self.runtime, guild_ready_timeout=0.05)
+        self.bot: PersonaBot = create_bot(self.runtime, build_discord_state(self.runtime), guild_ready_timeout=0.05)
         task = asyncio.create_task(self.bot.start(self.fake.token))
 
         async def stop() -> None:

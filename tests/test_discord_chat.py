@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -264,6 +266,40 @@ async def test_a_redis_outage_apologizes_and_the_bot_recovers(
         server.stop()
 
 
+async def test_a_message_sent_while_redis_stalls_is_answered_exactly_once(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis SIGSTOPped during the claim: the bot claims the message itself, waits for its memory,
+    answers once when Redis resumes, and still knows the message when the gateway redelivers it."""
+    caplog.set_level(logging.INFO, logger="bot.coordination")
+    server = EmbeddedRedis(tmp_path / "own-redis", port=free_port())
+    url = server.start()
+    assert server.process is not None
+    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": SecretStr(url)})})
+    try:
+        async with DiscordHarness.running(settings, state_timeout_s=0.5) as h:
+            await h.say(h.bob, h.general, "before", mention_bot=True)
+            os.kill(server.process.pid, signal.SIGSTOP)
+            message = h.fake.user_message(h.alice, h.general, "during the stall", mention_bot=True)
+            answered = asyncio.create_task(h.deliver(message))
+            claimed_here = f"message {message['id']} claimed by this process only"
+            async with asyncio.timeout(15):
+                while not any(r.getMessage().startswith(claimed_here) for r in caplog.records):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            os.kill(server.process.pid, signal.SIGCONT)
+            outcome = await answered
+            assert outcome.kind == "replied"
+            [reply] = [m for m in h.fake.sent_in(h.general) if m.reference_id == int(message["id"])]
+            assert reply.content == "[Ada] You said: during the stall"
+            waiter = h.bot.wait_for("persona_handled", check=lambda m, _: m.id == int(message["id"]), timeout=15)
+            await h.fake.reconnect(replay=[("MESSAGE_CREATE", message)])
+            assert (await waiter)[1].kind == "duplicate"
+            assert [m.reference_id for m in h.fake.sent_in(h.general)].count(int(message["id"])) == 1
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
 async def test_gateway_redelivery_after_a_reconnect_does_not_duplicate_replies(h: DiscordHarness) -> None:
     message, outcome = await h.say(h.alice, h.general, "only once please", mention_bot=True)
     assert outcome.kind == "replied"
@@ -322,7 +358,7 @@ async def test_users_take_turns_in_a_busy_channel(h: DiscordHarness) -> None:
     queued = [(h.alice, "a1"), (h.alice, "a2"), (h.bob, "b1"), (h.alice, "a3"), (carol, "c1")]
     messages = [h.fake.user_message(user, h.general, text, mention_bot=True) for user, text in queued]
     waiting = [asyncio.create_task(h.deliver(m)) for m in messages]
-    await h.fake.wait_until(lambda: h.bot.services.queue.waiting == len(queued))
+    await h.until(lambda: h.bot.services.queue.waiting == len(queued))
     h.provider.hold.set()
     assert {o.kind for o in await asyncio.gather(held, *waiting)} == {"replied"}
     turns = await h.runtime.engine.memory.load(f"discord:channel:{h.general['id']}", 10)
@@ -366,7 +402,7 @@ async def test_a_message_that_cannot_be_answered_in_time_is_given_up_with_a_reas
 async def test_a_message_expected_to_wait_too_long_is_given_up_at_once(settings: Settings) -> None:
     async with DiscordHarness.running(settings, max_replies=1, max_wait_s=1) as h:
         held = asyncio.create_task(h.deliver(h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)))
-        await h.fake.wait_until(lambda: h.bot.services.queue.running == 1)
+        await h.until(lambda: h.bot.services.queue.running == 1)
         asked, outcome = await h.say(h.bob, h.lounge, "me too")  # no reply measured yet: a few seconds expected
         assert outcome.kind == "given_up"
         [notice] = h.reply_of(outcome)
@@ -375,6 +411,25 @@ async def test_a_message_expected_to_wait_too_long_is_given_up_at_once(settings:
         assert "longer than the 1 second I allow" in notice.content
         h.provider.hold.set()
         assert (await held).kind == "replied"
+
+
+async def test_shutting_down_lets_replies_finish_and_tells_those_still_waiting(settings: Settings) -> None:
+    async with DiscordHarness.running(settings, max_replies=1) as h:
+        writing = h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)
+        held = asyncio.create_task(h.deliver(writing))
+        await h.until(lambda: h.bot.services.queue.running == 1)
+        waiting = h.fake.user_message(h.bob, h.lounge, "will I get an answer?")
+        queued = asyncio.create_task(h.deliver(waiting))
+        await h.until(lambda: h.bot.services.queue.waiting == 1)
+        stopping = asyncio.create_task(h.stop_bot())
+        [notice] = await h.fake.wait_until(lambda: h.fake.sent_in(h.lounge))
+        assert notice.reference_id == int(waiting["id"]) and "I'm restarting" in notice.content
+        assert (await queued).kind == "given_up"
+        h.provider.hold.set()  # the reply being written finishes during the grace period
+        assert (await held).kind == "replied"
+        await stopping
+        [reply] = [m for m in h.fake.sent_in(h.general) if m.reference_id == int(writing["id"])]
+        assert reply.content == f"[Ada] You said: {HOLD_MARKER}"
 
 
 async def test_deleting_the_message_stops_its_reply(h: DiscordHarness) -> None:

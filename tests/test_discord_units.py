@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 from pathlib import Path
@@ -163,6 +164,18 @@ async def test_placements_most_specific_wins(redis_handle: RedisHandle) -> None:
     assert await placements.resolve(Place(1, 2, 4, 9)) == ("captain", Scope.CHANNEL)
     assert await placements.clear(Scope.THREAD, 3) and not await placements.clear(Scope.THREAD, 3)
     assert await placements.resolve(place) == ("captain", Scope.CHANNEL)
+
+
+def test_the_transport_reaches_stores_only_through_the_engine_and_ports() -> None:
+    """One door: no redis-py, no Redis store, no concrete coordination class in bot/transports."""
+    forbidden = ("redis", "bot.redis_conn", "bot.coordination", "bot.memory", "bot.feedback.redis_log")
+    transports = Path(__file__).resolve().parent.parent / "bot" / "transports"
+    for file in transports.rglob("*.py"):
+        tree = ast.parse(file.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        bad = [m for m in names if any(m == f or m.startswith(f + ".") for f in forbidden)]
+        assert not bad, f"{file.name} imports {bad}"
 
 
 # -- the fake Discord itself ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bot.app import Runtime, build_discord_state, build_runtime
@@ -184,6 +184,15 @@ class DiscordHarness:
         return outcome
 
     # -- looking at what the bot did ------------------------------------------------------------
+
+    @staticmethod
+    async def until(predicate: Callable[[], Any]) -> Any:
+        """Wait until `predicate()` holds for the bot's own state (checked every few ms; WAIT_S at
+        most). For what the fake Discord sees, `fake.wait_until` wakes on each request instead."""
+        async with asyncio.timeout(WAIT_S):
+            while not (result := predicate()):  # noqa: ASYNC110 - the bot's state has no event to wait on
+                await asyncio.sleep(0.01)
+            return result
 
     def reply_of(self, outcome: Outcome) -> list[SentMessage]:
         """The messages of a reply, as the fake Discord recorded them."""

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_S = 10.0
+
 
 def intents() -> discord.Intents:
     """What the bot needs: servers, messages (with content: a privileged intent), reactions."""
@@ -80,6 +82,13 @@ class PersonaBot(commands.AutoShardedBot):
 
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: ChatCog answers messages, slash commands do the rest."""
+
+    async def close(self) -> None:
+        """Shut down without leaving anyone hanging: messages still in line are told the bot is
+        restarting, replies being written get a moment to finish (see InFlight.shut_down)."""
+        if not self.is_closed():
+            await self.services.in_flight.shut_down(SHUTDOWN_GRACE_S)
+        await super().close()
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         log_event_error(event_method, args)

@@ -26,7 +26,7 @@ from bot.transports.discord.answering import generate, request_for
 from bot.transports.discord.errors import TRUNCATED, apology_for
 from bot.transports.discord.ids import external_id
 from bot.transports.discord.inbound import Inbound
-from bot.transports.discord.inflight import ReplyStopped
+from bot.transports.discord.inflight import SHUTTING_DOWN, ReplyStopped
 from bot.transports.discord.lanes import Ticket
 from bot.transports.discord.outlet import Outlet
 from bot.transports.discord.services import Services
@@ -83,6 +83,9 @@ class MessageHandler:
             )
         except ReplyStopped as stopped:
             log.info("%s", stopped)
+            if stopped.reason == SHUTTING_DOWN:  # not the user's doing: say so, rather than vanish
+                await self._quietly(answer.stream.fail(notices.SHUTTING_DOWN), "say that the bot is restarting")
+                return Outcome("given_up", tuple(answer.stream.message_ids))
             await self._quietly(answer.stream.withdraw(), "delete a stopped reply")
             return Outcome("stopped")
 

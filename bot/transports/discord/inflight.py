@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 STOP_WAIT_S = 2.0  # how long a stop waits for the reply to wind down (an interaction must answer in 3 s)
+SHUTTING_DOWN = "the bot is shutting down"
 
 
 class ReplyStopped(Exception):
@@ -83,6 +84,14 @@ class InFlight:
     async def stop_user(self, user_id: str, reason: str = "its author asked to be forgotten") -> int:
         """Stop every reply asked for by one user; returns how many."""
         return await self._stop([e for e in self._entries.values() if e.user_id == user_id], reason)
+
+    async def shut_down(self, grace_s: float) -> None:
+        """Stop what still waits in line; give replies being generated `grace_s` to finish, then stop them."""
+        await self._stop([e for e in self._entries.values() if not e.generating], SHUTTING_DOWN)
+        writing = [e.task for e in self._entries.values() if e.generating]
+        if writing:
+            await asyncio.wait(writing, timeout=grace_s)
+        await self._stop(list(self._entries.values()), SHUTTING_DOWN)
 
     @staticmethod
     async def _stop(entries: list[_Entry], reason: str) -> int:

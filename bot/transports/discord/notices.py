@@ -17,6 +17,8 @@ TOO_FAST = (
     "Please send it again in a bit."
 )
 
+SHUTTING_DOWN = "-# Sorry, I'm restarting and couldn't answer this. Please send it again in a minute."
+
 
 def duration(seconds: float) -> str:
     """A rough, readable duration: "a few seconds", "about 40 seconds", "about 3 minutes"."""

@@ -190,6 +190,10 @@ class FakeDiscord:
         guild_id = data.get("guild_id")
         return p.shard_of(int(guild_id), self.shard_count) if guild_id else 0
 
+    def live_shards(self) -> set[int]:
+        """The shards with a connected session."""
+        return {shard for shard in self._sessions if self._live(shard) is not None}
+
     def _live(self, shard_id: int) -> GatewaySession | None:
         session = self._sessions.get(shard_id)
         return session if session is not None and not session.ws.closed else None
@@ -458,12 +462,12 @@ class FakeDiscord:
         self._tasks.add(task)  # a strong reference until it is done
         task.add_done_callback(self._tasks.discard)
 
-    async def wait_until(self, predicate: Callable[[], Any]) -> Any:
+    async def wait_until(self, predicate: Callable[[], Any], *, within: float = WAIT_S) -> Any:
         """Wait until `predicate()` is truthy (re-checked on every request and gateway frame).
 
-        WAIT_S is only a safety net so a broken bot fails the test instead of hanging it.
+        `within` is only a safety net so a broken bot fails the test instead of hanging it.
         """
-        async with asyncio.timeout(WAIT_S), self._changed:
+        async with asyncio.timeout(within), self._changed:
             while not (result := predicate()):
                 await self._changed.wait()
             return result

@@ -20,7 +20,7 @@ START_S = 90.0  # two Python processes starting on a shared 2-core machine: a ge
 
 @pytest.fixture
 async def model() -> AsyncIterator[ScriptedOpenAI]:
-    server = ScriptedOpenAI(pieces=4, piece_delay_s=0.05)
+    server = ScriptedOpenAI(pieces=4, reply_s=0.2)
     await server.start()
     yield server
     await server.close()

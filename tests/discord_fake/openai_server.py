@@ -1,8 +1,8 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1 (`/v1/chat/completions`, streaming).
 
-Each reply is "Reply to: <the last user message> [done]", streamed in `pieces` chunks with
-`piece_delay_s` between them, so a test or benchmark can tell which message a reply answers and
-whether it is complete. It counts requests, and the most it served at once (limits).
+Each reply is "Reply to: <the last user message> [done]", streamed in up to `pieces` chunks over
+`reply_s` seconds, so a test or benchmark can tell which message a reply answers and whether it
+is complete. It counts requests, and the most it served at once (limits).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def reply_to(text: str) -> str:
 
 
 class ScriptedOpenAI:
-    def __init__(self, *, pieces: int = 4, piece_delay_s: float = 0.0) -> None:
+    def __init__(self, *, pieces: int = 4, reply_s: float = 0.0) -> None:
         self.pieces = pieces
-        self.piece_delay_s = piece_delay_s
+        self.reply_s = reply_s
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -61,9 +61,10 @@ class ScriptedOpenAI:
         try:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            for piece in self._chunks(reply_to(str(body["messages"][-1]["content"]))):
-                if self.piece_delay_s:
-                    await asyncio.sleep(self.piece_delay_s)
+            pieces = self._chunks(reply_to(str(body["messages"][-1]["content"])))
+            for piece in pieces:
+                if self.reply_s:
+                    await asyncio.sleep(self.reply_s / len(pieces))
                 await response.write(_event(body, {"role": "assistant", "content": piece}))
             await response.write(b"data: [DONE]\n\n")
             return response

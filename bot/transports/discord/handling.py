@@ -16,10 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import discord
 
 from bot.domain.persona import Persona
+from bot.engine import ReplyFinished
 from bot.errors import ModelBusy, ModelError, StoreError
 from bot.transports.discord import notices
 from bot.transports.discord.answering import generate, request_for
@@ -33,6 +35,8 @@ from bot.transports.discord.services import Services
 from bot.transports.discord.streaming import ReplyStream
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RATING_HINTS = ("\N{THUMBS UP SIGN}", "\N{THUMBS DOWN SIGN}")
 NUDGE = "-# Mention me with a message and I'll answer."
@@ -107,25 +111,31 @@ class MessageHandler:
     # -- waiting in line --------------------------------------------------------------------------
 
     async def _in_turn(self, answer: Answer, *, delay: float) -> Outcome:
-        inbound, queue = answer.inbound, self.services.queue
+        inbound, queue, stream = answer.inbound, self.services.queue, answer.stream
         group = str(inbound.place.guild_id) if inbound.place.guild_id is not None else None
         ticket = queue.submit(inbound.message_id, inbound.conversation_id, inbound.speaker.id, group, delay=delay)
         try:
-            reason = await self._wait_turn(ticket, answer.stream, delay)
+            reason = await self._wait_turn(ticket, stream, delay)
             if reason is not None:
                 log.info("message %s given up: %s", inbound.message_id, reason)
-                ids = await answer.stream.fail(reason)
-                return Outcome("given_up", tuple(ids))
+                return Outcome("given_up", tuple(await stream.fail(reason)))
             self.services.in_flight.generating(inbound.message_id)
+            deadline = asyncio.get_running_loop().time() + self.settings.reply_timeout_s
             async with queue.lease_kept(ticket):
-                outcome = await self._reply(answer)
+                finished = await self._within(deadline, stream, self._generate(answer))
+        except ModelBusy as busy:  # the local model's own queue is full: load, not a failure
+            log.warning("message %s: %s", inbound.message_id, busy)
+            await self._quietly(stream.fail(apology_for(busy)), "post an apology")
+            return Outcome("busy", tuple(stream.message_ids))
         finally:
+            # The turn ends once the engine has the reply (and remembers it): showing its last
+            # words does not hold up the next message of the conversation.
             queue.leave(ticket)
-        if outcome.reply_id is not None:
-            await self._link(outcome.message_ids, outcome.reply_id)
-            if self.settings.rating_reactions:
-                await answer.outlet.react(outcome.message_ids[-1], RATING_HINTS)
-        return outcome
+        ids = await self._within(deadline, stream, stream.finish(finished.text))
+        await self._link(ids, finished.reply_id)
+        if self.settings.rating_reactions:
+            await answer.outlet.react(ids[-1], RATING_HINTS)
+        return Outcome("replied", tuple(ids), finished.reply_id)
 
     async def _wait_turn(self, ticket: Ticket, stream: ReplyStream, delay: float) -> str | None:
         """Wait until the ticket may start: None then, or why it was given up."""
@@ -150,17 +160,17 @@ class MessageHandler:
 
     # -- the reply --------------------------------------------------------------------------------
 
-    async def _reply(self, answer: Answer) -> Outcome:
-        stream, inbound = answer.stream, answer.inbound
+    async def _generate(self, answer: Answer) -> ReplyFinished:
+        async with answer.outlet.typing():
+            return await generate(self.services.engine, request_for(answer.inbound, answer.persona), answer.stream)
+
+    async def _within(self, deadline: float, stream: ReplyStream, work: Awaitable[T]) -> T:
+        """A step of the reply, by the reply's deadline; a failure is apologised for, then re-raised."""
         try:
-            async with asyncio.timeout(self.settings.reply_timeout_s):
-                async with answer.outlet.typing():
-                    finished = await generate(self.services.engine, request_for(inbound, answer.persona), stream)
-                ids = await stream.finish(finished.text)
-        except ModelBusy as busy:  # the local model's own queue is full: load, not a failure
-            log.warning("message %s: %s", inbound.message_id, busy)
-            await self._quietly(stream.fail(apology_for(busy)), "post an apology")
-            return Outcome("busy", tuple(stream.message_ids))
+            async with asyncio.timeout_at(deadline):
+                return await work
+        except ModelBusy:
+            raise
         except TimeoutError as exc:
             late = ModelError(f"the reply took longer than reply_timeout_s={self.settings.reply_timeout_s:g}")
             await self._quietly(stream.fail(apology_for(late)), "post an apology")
@@ -168,9 +178,8 @@ class MessageHandler:
         except Exception as exc:
             await self._quietly(stream.fail(apology_for(exc)), "post an apology")
             raise
-        return Outcome("replied", tuple(ids), finished.reply_id)
 
-    async def _link(self, message_ids: tuple[int, ...], reply_id: str) -> None:
+    async def _link(self, message_ids: list[int], reply_id: str) -> None:
         """Remember which reply the messages show, so reactions on them rate it."""
         try:
             for message_id in message_ids:

@@ -94,11 +94,16 @@ class PersonaBot(commands.AutoShardedBot):
         log_event_error(event_method, args)
 
 
-def create_bot(runtime: Runtime, state: DiscordState, **options: Any) -> PersonaBot:
+def create_bot(runtime: Runtime, state: DiscordState | None = None, **options: Any) -> PersonaBot:
     """A bot for `runtime`, pointed at the configured API and gateway; start it with `bot.start(token)`.
 
-    `state` is the shared Discord state the composition root built (`bot.app.build_discord_state`);
-    `options` go to discord.py's bot (e.g. `guild_ready_timeout`).
+    `state` is the shared Discord state (claims, cooldowns, reply slots, placements); by default the
+    composition root builds it for `runtime` (`bot.app.build_discord_state`). `options` go to
+    discord.py's bot (e.g. `guild_ready_timeout`).
     """
+    if state is None:
+        from bot.app import build_discord_state
+
+        state = build_discord_state(runtime)
     point_at(runtime.settings.discord)
     return PersonaBot(runtime, state, **options)

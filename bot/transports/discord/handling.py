@@ -76,10 +76,10 @@ class MessageHandler:
         if not await state.claims.claim(str(inbound.message_id)):
             log.info("message %s was delivered again; already handled", inbound.message_id)
             return Outcome("duplicate")
-        start_at = await state.pacing.reserve(inbound.speaker.id, inbound.sent_at)
         answer = await self._prepare(inbound)
         if not inbound.text:
             return await self._greet(answer)
+        start_at = await state.pacing.reserve(inbound.speaker.id, inbound.sent_at)
         work = self._in_turn(answer, delay=start_at - time.time())
         try:
             return await self.services.in_flight.run(

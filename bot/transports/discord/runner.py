@@ -41,14 +41,14 @@ async def check_token(token: str, api_base: str) -> None:
 
 async def run(settings: Settings) -> None:
     """Run the Discord bot until it is stopped; configuration problems raise ConfigError."""
-    from bot.app import build_discord_state, build_runtime
+    from bot.app import build_runtime
     from bot.transports.discord.client import create_bot
 
     token = token_of(settings)
     point_at(settings.discord)
     await check_token(token, settings.discord.api_base)
     async with build_runtime(settings) as runtime:
-        bot = create_bot(runtime, build_discord_state(runtime))
+        bot = create_bot(runtime)
         try:
             async with bot:
                 await bot.start(token)

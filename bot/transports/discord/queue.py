@@ -32,6 +32,7 @@ IDLE_S = 1.0  # the pump looks again at least this often
 RENEW_EVERY_S = 10.0  # a third of the lease's life
 FIRST_GUESS_S = 3.0  # the duration of a reply before any has been measured
 MIN_SERVICE_S = 0.05
+CLOSE_WAIT_S = 2.0
 
 
 class ReplyQueue:
@@ -126,10 +127,15 @@ class ReplyQueue:
         return len(self._leases)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._pump, *self._chores) if t is not None]
-        for task in tasks:
+        """Stop granting turns; give pending lease releases a moment (else their leases expire)."""
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        if self._chores:
+            await asyncio.wait(set(self._chores), timeout=CLOSE_WAIT_S)
+        for task in set(self._chores):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._chores, return_exceptions=True)
 
     # -- the pump -------------------------------------------------------------------------------
 

@@ -383,6 +383,23 @@ async def test_a_long_wait_shows_a_notice_that_the_reply_then_replaces(settings:
         assert h.fake.sent_in(h.lounge) == [notice]
 
 
+async def test_a_notice_deleted_by_a_moderator_does_not_lose_the_reply(settings: Settings) -> None:
+    async with DiscordHarness.running(settings, max_replies=1, wait_notice_s=0) as h:
+        held = asyncio.create_task(h.deliver(h.fake.user_message(h.alice, h.general, HOLD_MARKER, mention_bot=True)))
+        await h.until(lambda: h.bot.services.queue.running == 1)
+        asked = h.fake.user_message(h.bob, h.lounge, "answer me anyway")
+        waiting = asyncio.create_task(h.deliver(asked))
+        [notice] = await h.fake.wait_until(lambda: h.fake.sent_in(h.lounge))
+        notice.deleted = True  # removed in Discord: edits now answer 404 Unknown Message
+        h.provider.hold.set()
+        await held
+        outcome = await waiting
+        assert outcome.kind == "replied"
+        [reply] = h.fake.sent_in(h.lounge)
+        assert reply.id != notice.id and reply.reference_id == int(asked["id"])
+        assert reply.content == "[Ada] You said: answer me anyway"
+
+
 async def test_a_message_that_cannot_be_answered_in_time_is_given_up_with_a_reason(settings: Settings) -> None:
     async with DiscordHarness.running(settings, max_replies=1, wait_notice_s=0, max_wait_s=1) as h:
         for i in range(3):  # a few quick replies: the queue learns that replies take well under a second

@@ -21,21 +21,31 @@ UNKNOWN_WEBHOOK = 10015
 
 
 class ChannelSink:
-    """Messages posted by the bot itself; the first one replies to `reply_to`, when given."""
+    """Messages posted by the bot itself; the first one replies to `reply_to`, when given.
+
+    A message someone deleted meanwhile (a moderator, say) is posted again rather than edited.
+    """
 
     def __init__(self, channel: discord.PartialMessageable, reply_to: discord.MessageReference | None) -> None:
         self.channel = channel
         self.reply_to = reply_to
+        self._first: int | None = None
 
     async def send(self, content: str, *, first: bool) -> int:
         if first and self.reply_to is not None:
             message = await self.channel.send(content, reference=self.reply_to, allowed_mentions=NO_PINGS)
         else:
             message = await self.channel.send(content, allowed_mentions=NO_PINGS)
+        if first:
+            self._first = message.id
         return message.id
 
     async def edit(self, message_id: int, content: str) -> int:
-        await self.channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS)
+        try:
+            await self.channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS)
+        except discord.NotFound:
+            log.info("message %s is gone; posting its text again", message_id)
+            return await self.send(content, first=message_id == self._first)
         return message_id
 
     async def delete(self, message_id: int) -> None:

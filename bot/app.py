@@ -11,12 +11,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from bot.coordination.claims import FallbackClaims, RedisClaims
+from bot.coordination.health import RedisHealth
+from bot.coordination.pacing import FallbackPacing, RedisPacing
+from bot.coordination.placements import CachedPlacements, RedisPlacements
+from bot.coordination.slots import FallbackSlots, RedisSlots
 from bot.engine import ChatEngine
 from bot.feedback.redis_log import RedisFeedbackLog
 from bot.memory.redis_store import RedisMemoryStore
 from bot.models.provider import DefaultModelProvider
 from bot.personas.registry import FilePersonaRegistry
-from bot.ports import ModelProvider
+from bot.ports import DiscordState, ModelProvider
 from bot.redis_conn import EmbeddedRedis, RedisHandle
 from bot.settings import Settings
 
@@ -81,3 +86,17 @@ async def build_runtime(
         finally:
             if model_provider is None and isinstance(provider, DefaultModelProvider):
                 provider.close()  # only what this root created; a passed-in provider is the caller's
+
+
+def build_discord_state(runtime: Runtime) -> DiscordState:
+    """The Discord transport's shared state: in Redis for every bot process, with this process's
+    own as the fallback while Redis does not answer within `state_timeout_s` (bot.coordination)."""
+    settings, redis = runtime.settings.discord, runtime.redis
+    health = RedisHealth(settings.state_timeout_s)
+    slots = RedisSlots(redis, total=settings.max_replies, per_group=settings.max_replies_per_server)
+    return DiscordState(
+        claims=FallbackClaims(RedisClaims(redis), health),
+        pacing=FallbackPacing(RedisPacing(redis, settings.user_cooldown_s), health),
+        slots=FallbackSlots(slots, health),
+        placements=CachedPlacements(RedisPlacements(redis), health),
+    )

@@ -3,6 +3,7 @@ only the composition root (`bot.app`) names the concrete classes."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,3 +99,70 @@ class ModelProvider(Protocol):
     def bind(self, persona: Persona) -> BoundModel:
         """Raises ModelLoadError when the persona's backend or adapter cannot serve."""
         ...
+
+
+# -- Discord transport state (claims, pacing, reply slots, placements) ----------------------------
+# Shared by every bot process through Redis (bot.coordination), with a local fallback while Redis
+# cannot be reached. The Discord transport reaches them only through these ports.
+
+
+class MessageClaims(Protocol):
+    async def claim(self, message_id: str) -> bool:
+        """True when this process should handle the message: its first claim, or a retry of this
+        process's own claim; False when another attempt (a redelivery, another process) has it."""
+        ...
+
+
+class UserPacing(Protocol):
+    async def reserve(self, user_id: str, sent_at: float) -> float:
+        """The earliest time (epoch seconds) at which a message the user sent at `sent_at` may be
+        answered: `sent_at` itself unless the user's previous message was less than a cooldown before."""
+        ...
+
+
+class SlotsFull(enum.Enum):
+    """Why a reply slot was refused: every slot is taken, or every slot of the request's group."""
+
+    TOTAL = "total"
+    GROUP = "group"
+
+
+class ReplySlots(Protocol):
+    """Leases on the model calls that may run at once, in total and per group (a Discord server).
+
+    A lease expires unless renewed, so the slots of a crashed process come back by themselves.
+    """
+
+    async def acquire(self, group: str | None) -> str | SlotsFull:
+        """A lease token, or which limit is full."""
+        ...
+
+    async def renew(self, token: str) -> None: ...
+
+    async def release(self, token: str) -> None: ...
+
+
+#: A place personas can be chosen for: ("thread" | "channel" | "server", its id).
+PlaceRef = tuple[str, int]
+
+
+class PlacementStore(Protocol):
+    async def lookup(self, chain: Sequence[PlaceRef]) -> tuple[str, PlaceRef] | None:
+        """The persona chosen at the first place of `chain` that has one, and that place."""
+        ...
+
+    async def choose(self, place: PlaceRef, persona_id: str) -> None: ...
+
+    async def clear(self, place: PlaceRef) -> bool:
+        """Remove a choice; True when there was one."""
+        ...
+
+
+@dataclass(frozen=True)
+class DiscordState:
+    """What the composition root hands the Discord transport besides the engine."""
+
+    claims: MessageClaims
+    pacing: UserPacing
+    slots: ReplySlots
+    placements: PlacementStore

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["local", "openai", "scripted"]
@@ -94,12 +94,44 @@ class DiscordSettings(BaseModel):
     admin_role_ids: list[int] = Field(default_factory=list, description="Roles allowed to run admin commands.")
     rating_reactions: bool = Field(default=True, description="Add 👍/👎 to finished replies as a hint.")
     edit_interval_s: float = Field(default=1.0, ge=0.2, description="Minimum seconds between streaming edits.")
-    user_cooldown_s: float = Field(default=2.0, ge=0, description="Minimum seconds between a user's requests.")
-    channel_concurrency: int = Field(default=2, ge=1, description="Generations running at once per channel.")
-    channel_queue: int = Field(default=4, ge=0, description="Requests waiting per channel before 'busy'.")
+    user_cooldown_s: float = Field(
+        default=2.0, ge=0, description="Seconds between the answers to one user's messages, by when they were "
+        "sent; sooner ones wait their turn (0: off).",
+    )
+    max_replies: int = Field(
+        default=8, ge=1, description="Replies generated at once by all bot processes together (shared in Redis)."
+    )
+    max_replies_per_server: int = Field(default=4, ge=1, description="Replies generated at once in one server.")
+    wait_notice_s: float = Field(
+        default=20.0, ge=0, description="A message expected to wait longer gets a notice saying about how long."
+    )
+    max_wait_s: float = Field(
+        default=600.0, gt=0, description="A message that would wait longer than this is given up, with a reason."
+    )
+    reply_timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest one reply may take to generate and post before an apology."
+    )
+    state_timeout_s: float = Field(
+        default=2.0, gt=0, description="Seconds to wait for Redis on claims, cooldowns, limits and placements "
+        "before this process uses its own.",
+    )
     max_input_chars: int = Field(default=4000, ge=100, description="Longer messages are truncated with a note.")
     shard_count: int | None = Field(default=None, ge=1, description="Shards (unset: Discord's recommendation).")
+    shard_ids: list[int] | None = Field(
+        default=None, description="Shards this process runs, e.g. [0, 1] (needs shard_count; unset: all)."
+    )
     sync_commands: bool = Field(default=True, description="Register the slash commands with Discord at startup.")
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> DiscordSettings:
+        if self.shard_ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError("shard_ids needs shard_count (the total number of shards across processes)")
+        wrong = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+        if wrong or not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids):
+            raise ValueError(f"shard_ids must be distinct ids from 0 to {self.shard_count - 1}, got {self.shard_ids}")
+        return self
 
 
 class Settings(BaseSettings):

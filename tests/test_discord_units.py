@@ -1,7 +1,8 @@
-"""The Discord transport's parts on their own: streaming, limits, placements, startup errors."""
+"""The Discord transport's parts on their own: streaming, placements, startup errors."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 from pathlib import Path
@@ -14,6 +15,7 @@ from discord.gateway import DiscordWebSocket
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from bot.coordination.placements import RedisPlacements
 from bot.errors import ConfigError
 from bot.redis_conn import RedisHandle
 from bot.settings import DiscordSettings, Settings
@@ -23,9 +25,7 @@ from bot.transports.discord.cogs.ratings import rating_of
 from bot.transports.discord.endpoints import DISCORD_GATEWAY, point_at
 from bot.transports.discord.placement import PersonaPlacements, Scope
 from bot.transports.discord.places import Place
-from bot.transports.discord.seen import SeenMessages
 from bot.transports.discord.streaming import EMPTY_REPLY, ReplyStream
-from bot.transports.discord.throttling import Busy, ChannelGate, Cooldowns
 from tests.discord_fake import FakeDiscord
 
 
@@ -51,9 +51,10 @@ class RecordingSink:
         self.calls.append(("send", message_id))
         return message_id
 
-    async def edit(self, message_id: int, content: str) -> None:
+    async def edit(self, message_id: int, content: str) -> int:
         self.shown[message_id] = content
         self.calls.append(("edit", message_id))
+        return message_id
 
     async def delete(self, message_id: int) -> None:
         del self.shown[message_id]
@@ -124,40 +125,6 @@ async def test_stream_header_failure_note_and_empty_reply() -> None:
     assert empty.shown == {1: EMPTY_REPLY}
 
 
-# -- limits -------------------------------------------------------------------------------------
-
-
-def test_cooldown_per_user() -> None:
-    clock = Clock()
-    cooldowns = Cooldowns(5.0, clock=clock)
-    assert cooldowns.allow(1) and not cooldowns.allow(1) and cooldowns.allow(2)
-    clock.now += 5.0
-    assert cooldowns.allow(1)
-    assert all(Cooldowns(0.0).allow(1) for _ in range(3)), "0 switches the cooldown off"
-
-
-async def test_channel_gate_runs_queues_then_refuses() -> None:
-    gate = ChannelGate(concurrency=1, queue=1)
-    async with gate.slot(7):
-        waiting = gate.slot(7)
-        entered = []
-
-        async def queued() -> None:
-            async with waiting:
-                entered.append(True)
-
-        task = asyncio.create_task(queued())
-        await asyncio.sleep(0)
-        assert gate.load(7) == 2 and entered == []
-        with pytest.raises(Busy):
-            async with gate.slot(7):
-                pass
-        async with gate.slot(8):  # other channels are independent
-            pass
-    await task
-    assert entered == [True] and gate.load(7) == 0
-
-
 # -- places, ratings, commands ------------------------------------------------------------------
 
 
@@ -186,7 +153,7 @@ def test_scope_targets() -> None:
 
 
 async def test_placements_most_specific_wins(redis_handle: RedisHandle) -> None:
-    placements = PersonaPlacements(redis_handle)
+    placements = PersonaPlacements(RedisPlacements(redis_handle))
     place = Place(1, 2, 3, 9)
     assert await placements.resolve(place) is None
     await placements.set(Scope.SERVER, 1, "terse")
@@ -199,11 +166,16 @@ async def test_placements_most_specific_wins(redis_handle: RedisHandle) -> None:
     assert await placements.resolve(place) == ("captain", Scope.CHANNEL)
 
 
-async def test_a_message_is_claimed_once(redis_handle: RedisHandle) -> None:
-    seen = SeenMessages(redis_handle)
-    assert await seen.claim(42) is True
-    assert await seen.claim(42) is False
-    assert await SeenMessages(redis_handle).claim(42) is False, "the claim lives in Redis, not the process"
+def test_the_transport_reaches_stores_only_through_the_engine_and_ports() -> None:
+    """One door: no redis-py, no Redis store, no concrete coordination class in bot/transports."""
+    forbidden = ("redis", "bot.redis_conn", "bot.coordination", "bot.memory", "bot.feedback.redis_log")
+    transports = Path(__file__).resolve().parent.parent / "bot" / "transports"
+    for file in transports.rglob("*.py"):
+        tree = ast.parse(file.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        bad = [m for m in names if any(m == f or m.startswith(f + ".") for f in forbidden)]
+        assert not bad, f"{file.name} imports {bad}"
 
 
 # -- the fake Discord itself ----------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Identity(_Strict):
 
     name: str | None = Field(default=None, min_length=1, max_length=80)
     avatar_url: str | None = None
+    avatar_path: str | None = None  # a local image, uploaded as a webhook's avatar (resolved by the loader)
 
 
 class Variant(_Strict):

@@ -1,7 +1,9 @@
-"""The fake gateway: one websocket session speaking Discord's gateway protocol (v10, JSON).
+"""The fake gateway: websocket sessions speaking Discord's gateway protocol (v10, JSON).
 
 Implements HELLO, HEARTBEAT/ACK, IDENTIFY -> READY + GUILD_CREATE, RESUME -> RESUMED (with
 optional replayed events, as Discord may redeliver after a resume), RECONNECT, and dispatches.
+Each session is one shard (IDENTIFY's `shard: [id, count]`): it gets the servers whose events
+Discord routes to that shard, `(guild_id >> 22) % count`, and direct messages go to shard 0.
 Frames are plain text; discord.py accepts them even though it asks for a compressed stream.
 """
 
@@ -33,6 +35,8 @@ class GatewaySession:
         self.ws = ws
         self.server = server
         self.session_id: str | None = None
+        self.shard_id = 0
+        self.shard_count = 1
         self.ready = asyncio.Event()
         self._send_lock = asyncio.Lock()
 
@@ -80,9 +84,12 @@ class GatewaySession:
             return
         self.server.identifies.append(data)
         self.session_id = f"session-{len(self.server.identifies)}"
-        shard = data.get("shard") or [0, 1]
+        self.shard_id, self.shard_count = data.get("shard") or [0, 1]
+        self.server.shard_count = self.shard_count
+        self.server.session_shards[self.session_id] = (self.shard_id, self.shard_count)
+        shard = [self.shard_id, self.shard_count]
         await self.dispatch("READY", self.server.ready_payload(self.session_id, shard))
-        for guild in self.server.guild_payloads():
+        for guild in self.server.guild_payloads(self.shard_id):
             await self.dispatch("GUILD_CREATE", guild)
         self.server.attach(self)
         self.ready.set()
@@ -90,6 +97,7 @@ class GatewaySession:
     async def _resume(self, data: Json) -> None:
         self.server.resumes.append(data)
         self.session_id = data.get("session_id")
+        self.shard_id, self.shard_count = self.server.session_shards.get(self.session_id or "", (0, 1))
         for event, event_data in self.server.take_replay():
             await self.dispatch(event, event_data)
         await self.dispatch("RESUMED", {})

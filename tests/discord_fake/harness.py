@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bot.app import Runtime, build_runtime
+from bot.app import Runtime, build_discord_state, build_runtime
 from bot.domain.persona import Persona
 from bot.errors import ModelBusy
 from bot.models.scripted import ScriptedChatModel, approx_token_count
 from bot.ports import BoundModel
 from bot.settings import Settings
 from bot.transports.discord import PersonaBot, create_bot
-from bot.transports.discord.replier import Outcome
+from bot.transports.discord.handling import Outcome
 
 from . import payloads as p
 from .payloads import Json
@@ -131,7 +131,7 @@ class DiscordHarness:
         self.runtime: Runtime = await stack.enter_async_context(
             build_runtime(self.settings, model_provider=self.provider)
         )
-        self.bot: PersonaBot = create_bot(self.runtime, guild_ready_timeout=0.05)
+        self.bot: PersonaBot = create_bot(self.runtime, build_discord_state(self.runtime), guild_ready_timeout=0.05)
         task = asyncio.create_task(self.bot.start(self.fake.token))
 
         async def stop() -> None:
@@ -184,6 +184,15 @@ class DiscordHarness:
         return outcome
 
     # -- looking at what the bot did ------------------------------------------------------------
+
+    @staticmethod
+    async def until(predicate: Callable[[], Any]) -> Any:
+        """Wait until `predicate()` holds for the bot's own state (checked every few ms; WAIT_S at
+        most). For what the fake Discord sees, `fake.wait_until` wakes on each request instead."""
+        async with asyncio.timeout(WAIT_S):
+            while not (result := predicate()):  # noqa: ASYNC110 - the bot's state has no event to wait on
+                await asyncio.sleep(0.01)
+            return result
 
     def reply_of(self, outcome: Outcome) -> list[SentMessage]:
         """The messages of a reply, as the fake Discord recorded them."""

@@ -27,9 +27,22 @@ BOT = MEMBER | MANAGE_WEBHOOKS | CREATE_PUBLIC_THREADS
 _counter = itertools.count(1)
 
 
-def snowflake() -> int:
-    """A unique id that encodes the current time, as Discord's do."""
-    return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(_counter) & 0x3FFFFF)
+def snowflake(at: float | None = None) -> int:
+    """A unique id that encodes the current time (or `at`, epoch seconds), as Discord's do."""
+    ms = int((time.time() if at is None else at) * 1000)
+    return ((ms - DISCORD_EPOCH_MS) << 22) | (next(_counter) & 0x3FFFFF)
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that receives a server's events (Discord's formula)."""
+    return (guild_id >> 22) % shard_count
+
+
+def snowflake_on_shard(shard_id: int, shard_count: int) -> int:
+    """A fresh id (e.g. a server's) whose events go to `shard_id` of `shard_count`."""
+    ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    ms -= (ms - shard_id) % shard_count
+    return (ms << 22) | (next(_counter) & 0x3FFFFF)
 
 
 def now_iso() -> str:

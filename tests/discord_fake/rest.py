@@ -7,6 +7,8 @@ gateway (the bot's own messages, reactions and threads), so the bot must ignore 
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -76,6 +78,7 @@ def _record_sent(fake: FakeDiscord, message: Json, body: Json, via: str, webhook
         via=via,
         webhook_id=webhook_id,
         reference_id=int(reference["message_id"]) if reference else None,
+        times=[time.monotonic()],
     )
     fake.sent.append(sent)
 
@@ -107,6 +110,7 @@ def _edit(fake: FakeDiscord, message_id: int, body: Json) -> Result:
         if not (body["content"] or "").strip() or len(body["content"]) > 2000:
             return 400, {"message": "Invalid Form Body: content", "code": 50035}
         sent.contents.append(body["content"])
+        sent.times.append(time.monotonic())
         sent.payload["content"] = body["content"]
     sent.allowed_mentions.append(body.get("allowed_mentions"))
     sent.payload["edited_timestamp"] = p.now_iso()
@@ -164,9 +168,10 @@ def reaction_event(fake: FakeDiscord, channel: Json, message_id: int, emoji: str
     return data
 
 
-def create_thread_from_message(fake: FakeDiscord, record: Recorded, channel_id: str, _message_id: str) -> Result:
+def create_thread_from_message(fake: FakeDiscord, record: Recorded, channel_id: str, message_id: str) -> Result:
     parent = fake.channels[int(channel_id)]
-    thread = fake.add_thread(parent, (record.body or {}).get("name") or "thread")
+    # As in Discord, a thread opened on a message has the message's id.
+    thread = fake.add_thread(parent, (record.body or {}).get("name") or "thread", thread_id=int(message_id))
     fake.echo("THREAD_CREATE", {**thread, "newly_created": True})
     return 201, thread
 
@@ -175,22 +180,50 @@ def list_webhooks(fake: FakeDiscord, _: Recorded, channel_id: str) -> Result:
     return 200, [w for w in fake.webhooks.values() if w["channel_id"] == channel_id]
 
 
+def _set_avatar(fake: FakeDiscord, webhook: Json, avatar: str | None) -> None:
+    """Keep an uploaded avatar (a data URI) and show its hash, as Discord does."""
+    webhook["avatar"] = hashlib.md5(avatar.encode()).hexdigest() if avatar else None
+    if avatar:
+        fake.webhook_avatars[int(webhook["id"])] = avatar
+    else:
+        fake.webhook_avatars.pop(int(webhook["id"]), None)
+
+
 def create_webhook(fake: FakeDiscord, record: Recorded, channel_id: str) -> Result:
     channel = fake.channels[int(channel_id)]
     webhook_id = p.snowflake()
+    body = record.body or {}
     webhook = {
         "id": str(webhook_id),
         "type": 1,
         "guild_id": channel.get("guild_id"),
         "channel_id": channel_id,
-        "name": (record.body or {}).get("name"),
+        "name": body.get("name"),
         "avatar": None,
         "token": f"webhook-token-{webhook_id}",
         "application_id": str(fake.app_id),
         "user": fake.bot_user,
     }
+    _set_avatar(fake, webhook, body.get("avatar"))
     fake.webhooks[webhook_id] = webhook
     return 200, webhook
+
+
+def modify_webhook(fake: FakeDiscord, record: Recorded, webhook_id: str) -> Result:
+    webhook = fake.webhooks.get(int(webhook_id))
+    if webhook is None:
+        return 404, {"message": "Unknown Webhook", "code": 10015}
+    body = record.body or {}
+    if "name" in body:
+        webhook["name"] = body["name"]
+    if "avatar" in body:
+        _set_avatar(fake, webhook, body["avatar"])
+    return 200, webhook
+
+
+def _webhook(fake: FakeDiscord, webhook_id: str, token: str) -> Json | None:
+    webhook = fake.webhooks.get(int(webhook_id))
+    return webhook if webhook is not None and webhook["token"] == token else None
 
 
 def execute_webhook(fake: FakeDiscord, record: Recorded, webhook_id: str, token: str) -> Result:
@@ -203,8 +236,8 @@ def execute_webhook(fake: FakeDiscord, record: Recorded, webhook_id: str, token:
         _record_sent(fake, message, body, "followup", int(webhook_id))
         fake.interaction_responses[int(interaction["id"])].append({"type": "followup", "data": body})
         return 200, message
-    webhook = fake.webhooks.get(int(webhook_id))
-    if webhook is None or webhook["token"] != token:
+    webhook = _webhook(fake, webhook_id, token)
+    if webhook is None:
         return 404, {"message": "Unknown Webhook", "code": 10015}
     channel = fake.channels[int(record.query.get("thread_id") or webhook["channel_id"])]
     author = p.user(int(webhook_id), body.get("username") or webhook["name"], bot=True)
@@ -223,7 +256,15 @@ def edit_webhook_message(fake: FakeDiscord, record: Recorded, webhook_id: str, t
         fake.interaction_responses[int(interaction["id"])].append({"type": "edit_original", "data": body})
         return 200, p.message(p.snowflake(), fake.channels[int(interaction["channel_id"])], fake.bot_user,
                               body.get("content") or "")  # fmt: skip
+    if _webhook(fake, webhook_id, token) is None:
+        return 404, {"message": "Unknown Webhook", "code": 10015}
     return _edit(fake, int(message_id), body)
+
+
+def delete_webhook_message(fake: FakeDiscord, _: Recorded, webhook_id: str, token: str, message_id: str) -> Result:
+    if _webhook(fake, webhook_id, token) is None:
+        return 404, {"message": "Unknown Webhook", "code": 10015}
+    return delete_message(fake, _, "", message_id)
 
 
 def interaction_callback(fake: FakeDiscord, record: Recorded, interaction_id: str, _token: str) -> Result:
@@ -264,7 +305,9 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", rf"/channels/{ID}/webhooks", list_webhooks),
     ("POST", rf"/channels/{ID}/webhooks", create_webhook),
     ("POST", rf"/webhooks/{ID}/([^/]+)", execute_webhook),
+    ("PATCH", rf"/webhooks/{ID}", modify_webhook),
     ("PATCH", rf"/webhooks/{ID}/([^/]+)/messages/(\d+|@original)", edit_webhook_message),
+    ("DELETE", rf"/webhooks/{ID}/([^/]+)/messages/(\d+)", delete_webhook_message),
     ("POST", rf"/interactions/{ID}/([^/]+)/callback", interaction_callback),
     ("POST", r"/users/@me/channels", open_dm),
 ]

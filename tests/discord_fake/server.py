@@ -30,7 +30,7 @@ from . import rest
 from .gateway import GatewaySession
 from .payloads import Json
 from .rest import ROUTES
-from .world import Guild, Reaction, Recorded, SentMessage
+from .world import Failure, Gate, Guild, Reaction, Recorded, SentMessage
 
 WAIT_S = 15.0  # safety net for waits; tests never assert on time
 
@@ -51,13 +51,18 @@ class FakeDiscord:
         self.commands: list[Json] = []
         self.interaction_responses: dict[int, list[Json]] = {}
         self.webhooks: dict[int, Json] = {}
+        self.webhook_avatars: dict[int, str] = {}  # webhook id -> the uploaded avatar (a data URI)
         self.typing: list[int] = []
         self.requests: list[Recorded] = []
         self.unknown: list[Recorded] = []
         self.gateway_log: list[Json] = []
         self.identifies: list[Json] = []
         self.resumes: list[Json] = []
-        self._session: GatewaySession | None = None
+        self.shard_count = 1  # as the bot identified (every shard the same)
+        self.session_shards: dict[str, tuple[int, int]] = {}  # session id -> (shard id, shard count)
+        self.failures: list[Failure] = []  # REST faults to inject (see `fail`)
+        self.gates: list[Gate] = []  # REST requests held until released (see `hold`)
+        self._sessions: dict[int, GatewaySession] = {}  # the current session of each shard
         self._interactions: dict[str, Json] = {}
         self.world: dict[str, Any] = {}  # named objects of a prepared world (see harness.build_world)
         self._replay: list[tuple[str, Json]] = []
@@ -80,8 +85,11 @@ class FakeDiscord:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.ws.closed:
-            await self._session.ws.close()
+        for gate in self.gates:
+            gate.open.set()
+        for session in list(self._sessions.values()):
+            if not session.ws.closed:
+                await session.ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -100,8 +108,10 @@ class FakeDiscord:
         self.users[int(user["id"])] = user
         return user
 
-    def add_guild(self, name: str, *, bot_permissions: int = p.BOT) -> Guild:
-        guild = Guild(p.snowflake(), name, int(self.owner["id"]))
+    def add_guild(self, name: str, *, bot_permissions: int = p.BOT, shard: tuple[int, int] | None = None) -> Guild:
+        """A server; `shard=(id, count)` picks an id whose events go to that shard."""
+        guild_id = p.snowflake_on_shard(*shard) if shard else p.snowflake()
+        guild = Guild(guild_id, name, int(self.owner["id"]))
         guild.roles.append(p.role(guild.id, "@everyone", p.MEMBER))
         bot_role = p.role(p.snowflake(), "PersonaBot", bot_permissions)
         guild.roles.append(bot_role)
@@ -123,8 +133,8 @@ class FakeDiscord:
         self.channels[int(channel["id"])] = channel
         return channel
 
-    def add_thread(self, parent: Json, name: str) -> Json:
-        thread = p.thread(p.snowflake(), parent, name, self.app_id)
+    def add_thread(self, parent: Json, name: str, *, thread_id: int | None = None) -> Json:
+        thread = p.thread(thread_id or p.snowflake(), parent, name, self.app_id)
         self.guilds[int(parent["guild_id"])].threads.append(thread)
         self.channels[int(thread["id"])] = thread
         return thread
@@ -140,18 +150,21 @@ class FakeDiscord:
     def member_payload(self, guild: Guild, user_id: int, *, with_user: bool = True) -> Json:
         return p.member(self.users[user_id], roles=guild.members.get(user_id, []), with_user=with_user)
 
-    def guild_payloads(self) -> list[Json]:
+    def guilds_on(self, shard_id: int) -> list[Guild]:
+        return [g for g in self.guilds.values() if p.shard_of(g.id, self.shard_count) == shard_id]
+
+    def guild_payloads(self, shard_id: int = 0) -> list[Json]:
         return [
             p.guild(g.id, g.name, g.owner_id, channels=g.channels, threads=g.threads, roles=g.roles,
                     members=[self.member_payload(g, uid) for uid in g.members])
-            for g in self.guilds.values()
+            for g in self.guilds_on(shard_id)
         ]  # fmt: skip
 
     def ready_payload(self, session_id: str, shard: list[int]) -> Json:
         return {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds_on(shard[0])],
             "session_id": session_id,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.app_id), "flags": 0},
@@ -170,7 +183,20 @@ class FakeDiscord:
         return next(self._seq)
 
     def attach(self, session: GatewaySession) -> None:
-        self._session = session
+        self._sessions[session.shard_id] = session
+
+    def shard_for(self, data: Json) -> int:
+        """The shard an event goes to: its server's, or shard 0 (direct messages)."""
+        guild_id = data.get("guild_id")
+        return p.shard_of(int(guild_id), self.shard_count) if guild_id else 0
+
+    def live_shards(self) -> set[int]:
+        """The shards with a connected session."""
+        return {shard for shard in self._sessions if self._live(shard) is not None}
+
+    def _live(self, shard_id: int) -> GatewaySession | None:
+        session = self._sessions.get(shard_id)
+        return session if session is not None and not session.ws.closed else None
 
     def take_replay(self) -> list[tuple[str, Json]]:
         replay, self._replay = self._replay, []
@@ -186,39 +212,40 @@ class FakeDiscord:
             self.notify()
         return ws
 
-    async def session(self) -> GatewaySession:
-        """The current identified (or resumed) session, waiting for one if needed."""
-        await self.wait_until(lambda: self._session is not None and not self._session.ws.closed)
-        assert self._session is not None
-        return self._session
+    async def session(self, shard_id: int = 0) -> GatewaySession:
+        """The current identified (or resumed) session of a shard, waiting for one if needed."""
+        return await self.wait_until(lambda: self._live(shard_id))  # type: ignore[no-any-return]
 
-    async def dispatch(self, event: str, data: Json) -> None:
-        session = await self.session()
+    async def dispatch(self, event: str, data: Json, *, shard: int | None = None) -> None:
+        """Send an event to the shard Discord would send it to (or to `shard`)."""
+        session = await self.session(self.shard_for(data) if shard is None else shard)
         await session.dispatch(event, data)
 
     def echo(self, event: str, data: Json) -> None:
         """Send a gateway event soon (after the current REST response), as Discord does."""
 
         async def send() -> None:
-            if self._session is not None and not self._session.ws.closed:
-                await self._session.dispatch(event, data)
+            if (session := self._live(self.shard_for(data))) is not None:
+                await session.dispatch(event, data)
 
         self._background(send())
 
-    async def reconnect(self, *, replay: list[tuple[str, Json]] | None = None) -> None:
-        """Make the client reconnect and resume; `replay` events are redelivered on resume."""
-        old = await self.session()
+    async def reconnect(self, *, replay: list[tuple[str, Json]] | None = None, shard: int = 0) -> None:
+        """Make a shard reconnect and resume; `replay` events are redelivered on resume."""
+        old = await self.session(shard)
         self._replay = list(replay or [])
         resumes = len(self.resumes)
         await old.reconnect()
-        await self.wait_until(lambda: len(self.resumes) > resumes and self._session is not old)
-        await self._session.ready.wait()  # type: ignore[union-attr]
+        await self.wait_until(lambda: len(self.resumes) > resumes and self._live(shard) not in (None, old))
+        await self._sessions[shard].ready.wait()
 
     # -- what users do ---------------------------------------------------------------------------
 
     def user_message(self, author: Json, channel: Json, content: str, *, mention_bot: bool = False,
-                     reply_to: int | None = None, message_type: int = 0) -> Json:  # fmt: skip
-        """A MESSAGE_CREATE payload from `author` (not sent yet: see `dispatch_message`)."""
+                     reply_to: int | None = None, message_type: int = 0,
+                     sent_at: float | None = None) -> Json:  # fmt: skip
+        """A MESSAGE_CREATE payload from `author` (not sent yet: see `dispatch_message`); `sent_at`
+        (epoch seconds) back-dates it, as a message delivered late would be."""
         if mention_bot:
             content = f"<@{self.app_id}> {content}"
         extra: Json = {"type": message_type}
@@ -239,7 +266,7 @@ class FakeDiscord:
             extra["message_reference"] = {"message_id": str(reply_to), "channel_id": channel["id"],
                                           "guild_id": channel.get("guild_id")}  # fmt: skip
             extra["referenced_message"] = self.messages.get(reply_to)
-        message = p.message(p.snowflake(), channel, author, content, **extra)
+        message = p.message(p.snowflake(sent_at), channel, author, content, **extra)
         self.messages[int(message["id"])] = message
         return message
 
@@ -355,6 +382,40 @@ class FakeDiscord:
     def bot_reactions_on(self, message_id: int) -> list[str]:
         return [r.emoji for r in self.reactions if r.message_id == message_id and r.user_id == self.app_id]
 
+    # -- faults -----------------------------------------------------------------------------------
+
+    def fail(self, method: str, pattern: str, status: int = 500, *, times: int = 1, code: int = 0) -> Failure:
+        """Answer the next `times` REST requests matching (method, path regex) with `status`."""
+        failure = Failure(method, pattern, status, times, code)
+        self.failures.append(failure)
+        return failure
+
+    def hold(self, method: str, pattern: str) -> Gate:
+        """Hold REST requests matching (method, path regex) until the gate's `open` is set."""
+        gate = Gate(method, pattern)
+        self.gates.append(gate)
+        return gate
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        """Someone deletes a webhook in Discord (its messages stay)."""
+        del self.webhooks[webhook_id]
+
+    async def _held(self, record: Recorded) -> None:
+        for gate in [g for g in self.gates if g.matches(record.method, record.path)]:
+            gate.waiting += 1
+            self.notify()
+            try:
+                await gate.open.wait()
+            finally:
+                gate.waiting -= 1
+
+    def _injected(self, record: Recorded) -> tuple[int, Any] | None:
+        failure = next((f for f in self.failures if f.matches(record.method, record.path)), None)
+        if failure is None:
+            return None
+        failure.times -= 1
+        return failure.status, {"message": f"{failure.status}: injected failure", "code": failure.code}
+
     # -- REST -----------------------------------------------------------------------------------
 
     async def _rest(self, request: web.Request) -> web.Response:
@@ -366,7 +427,8 @@ class FakeDiscord:
                 body = json.loads(raw) if raw else None
         record = Recorded(request.method, path, dict(request.query), body)
         self.requests.append(record)
-        status, data = self._route(request, record)
+        await self._held(record)
+        status, data = self._injected(record) or self._route(request, record)
         record.status = status
         self.notify()
         if data is None:
@@ -400,12 +462,12 @@ class FakeDiscord:
         self._tasks.add(task)  # a strong reference until it is done
         task.add_done_callback(self._tasks.discard)
 
-    async def wait_until(self, predicate: Callable[[], Any]) -> Any:
+    async def wait_until(self, predicate: Callable[[], Any], *, within: float = WAIT_S) -> Any:
         """Wait until `predicate()` is truthy (re-checked on every request and gateway frame).
 
-        WAIT_S is only a safety net so a broken bot fails the test instead of hanging it.
+        `within` is only a safety net so a broken bot fails the test instead of hanging it.
         """
-        async with asyncio.timeout(WAIT_S), self._changed:
+        async with asyncio.timeout(within), self._changed:
             while not (result := predicate()):
                 await self._changed.wait()
             return result

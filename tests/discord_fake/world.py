@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,7 @@ class SentMessage:
     webhook_id: int | None = None
     reference_id: int | None = None
     deleted: bool = False
+    times: list[float] = field(default_factory=list)  # time.monotonic() of the post and of each edit
 
     @property
     def content(self) -> str:
@@ -52,3 +55,30 @@ class Guild:
     threads: list[Json] = field(default_factory=list)
     roles: list[Json] = field(default_factory=list)
     members: dict[int, list[int]] = field(default_factory=dict)  # user id -> role ids
+
+
+@dataclass
+class Failure:
+    """A REST fault to inject: the next `times` requests matching answer `status` instead."""
+
+    method: str
+    pattern: str  # a regex the whole path (after /api/v10) must match
+    status: int
+    times: int = 1
+    code: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and method == self.method and re.fullmatch(self.pattern, path) is not None
+
+
+@dataclass
+class Gate:
+    """REST requests held until `open` is set (e.g. a slow Discord endpoint)."""
+
+    method: str
+    pattern: str
+    open: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0  # requests held right now
+
+    def matches(self, method: str, path: str) -> bool:
+        return method == self.method and re.fullmatch(self.pattern, path) is not None

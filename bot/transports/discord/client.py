@@ -1,4 +1,8 @@
-"""The bot: a discord.py `AutoShardedBot` wired to the chat engine through cogs."""
+"""The bot: a discord.py `AutoShardedBot` wired to the chat engine through cogs.
+
+With `shard_ids` (and `shard_count`) a process runs only those shards, so several processes
+share one bot; they share its state (claims, cooldowns, limits, placements) through Redis.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.ports import DiscordState
 from bot.transports.discord.cogs.admin import AdminCommands
 from bot.transports.discord.cogs.chat import ChatCog
 from bot.transports.discord.cogs.personas import PersonaCommands
@@ -21,6 +26,8 @@ if TYPE_CHECKING:
     from bot.app import Runtime
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 10.0
 
 
 def intents() -> discord.Intents:
@@ -36,9 +43,11 @@ def intents() -> discord.Intents:
 
 
 class PersonaBot(commands.AutoShardedBot):
-    def __init__(self, runtime: Runtime, **options: Any) -> None:
+    def __init__(self, runtime: Runtime, state: DiscordState, **options: Any) -> None:
         settings = runtime.settings.discord
         options.setdefault("shard_count", settings.shard_count)
+        if settings.shard_ids is not None:
+            options.setdefault("shard_ids", settings.shard_ids)
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents(),
@@ -48,7 +57,7 @@ class PersonaBot(commands.AutoShardedBot):
         )
         self.runtime = runtime
         self.settings = settings
-        self.services = Services.build(runtime.engine, runtime.redis, settings, self)
+        self.services = Services.build(runtime.engine, state, settings, self)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self, self.services))
@@ -74,14 +83,27 @@ class PersonaBot(commands.AutoShardedBot):
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: ChatCog answers messages, slash commands do the rest."""
 
+    async def close(self) -> None:
+        """Shut down without leaving anyone hanging: messages still in line are told the bot is
+        restarting, replies being written get a moment to finish (see InFlight.shut_down)."""
+        if not self.is_closed():
+            await self.services.in_flight.shut_down(SHUTDOWN_GRACE_S)
+        await super().close()
+
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         log_event_error(event_method, args)
 
 
-def create_bot(runtime: Runtime, **options: Any) -> PersonaBot:
+def create_bot(runtime: Runtime, state: DiscordState | None = None, **options: Any) -> PersonaBot:
     """A bot for `runtime`, pointed at the configured API and gateway; start it with `bot.start(token)`.
 
-    `options` go to discord.py's bot (e.g. `guild_ready_timeout`).
+    `state` is the shared Discord state (claims, cooldowns, reply slots, placements); by default the
+    composition root builds it for `runtime` (`bot.app.build_discord_state`). `options` go to
+    discord.py's bot (e.g. `guild_ready_timeout`).
     """
+    if state is None:
+        from bot.app import build_discord_state
+
+        state = build_discord_state(runtime)
     point_at(runtime.settings.discord)
-    return PersonaBot(runtime, **options)
+    return PersonaBot(runtime, state, **options)

@@ -25,7 +25,6 @@ APOLOGIES: list[tuple[type[BaseException], str]] = [
     (PromptTooLong, "-# Sorry, that message is too long for me to read. Please shorten it."),
     (PersonaNotFound, "-# Sorry, the persona chosen here is not available. Ask an admin to `/persona set` one."),
 ]
-BUSY = "-# I'm busy with other messages here — please try again in a moment."
 TRUNCATED = "-# (Your message was long, so I read only its first {limit:,} characters.)\n"
 
 

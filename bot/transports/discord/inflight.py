@@ -1,10 +1,11 @@
-"""Replies being generated, so that a user can stop them.
+"""Messages being answered (waiting in line or generating), so that a user can stop them.
 
-A reply in progress is stopped when the message that asked for it is deleted, when its conversation
-is forgotten (`/forget`; otherwise the finishing reply would write the forgotten conversation back
-into memory) and when its author asks to be forgotten (`/forget-me`). Stopping cancels the
-generation task: the engine's stream is closed, which frees the reply's row in the local model's
-batch at the next decode step, and nothing is remembered or recorded for it.
+A message is stopped when it is deleted and when its author asks to be forgotten (`/forget-me`),
+whether it still waits or is being answered; a reply being generated is also stopped when its
+conversation is forgotten (`/forget`; otherwise the finishing reply would write the forgotten
+conversation back into memory; messages still waiting are answered afterwards, in the fresh
+conversation). Stopping cancels the task: the engine's stream is closed, which frees the reply's
+row in the local model's batch at the next decode step, and nothing is remembered or recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 STOP_WAIT_S = 2.0  # how long a stop waits for the reply to wind down (an interaction must answer in 3 s)
+SHUTTING_DOWN = "the bot is shutting down"
 
 
 class ReplyStopped(Exception):
@@ -34,6 +36,7 @@ class _Entry:
     user_id: str
     task: asyncio.Task[Any]
     reason: str = ""
+    generating: bool = False
 
 
 class InFlight:
@@ -64,17 +67,31 @@ class InFlight:
             if self._entries.get(message_id) is entry:
                 del self._entries[message_id]
 
+    def generating(self, message_id: int) -> None:
+        """The message's reply is being generated now (it no longer waits in line)."""
+        if (entry := self._entries.get(message_id)) is not None:
+            entry.generating = True
+
     async def stop_messages(self, message_ids: Iterable[int], reason: str = "the message was deleted") -> int:
         """Stop the replies to these messages (those in progress); returns how many."""
         return await self._stop([e for m in message_ids if (e := self._entries.get(m)) is not None], reason)
 
     async def stop_conversation(self, conversation_id: str, reason: str = "the conversation was forgotten") -> int:
-        """Stop every reply in a conversation; returns how many."""
-        return await self._stop([e for e in self._entries.values() if e.conversation_id == conversation_id], reason)
+        """Stop every reply being generated in a conversation; returns how many."""
+        entries = [e for e in self._entries.values() if e.conversation_id == conversation_id and e.generating]
+        return await self._stop(entries, reason)
 
     async def stop_user(self, user_id: str, reason: str = "its author asked to be forgotten") -> int:
         """Stop every reply asked for by one user; returns how many."""
         return await self._stop([e for e in self._entries.values() if e.user_id == user_id], reason)
+
+    async def shut_down(self, grace_s: float) -> None:
+        """Stop what still waits in line; give replies being generated `grace_s` to finish, then stop them."""
+        await self._stop([e for e in self._entries.values() if not e.generating], SHUTTING_DOWN)
+        writing = [e.task for e in self._entries.values() if e.generating]
+        if writing:
+            await asyncio.wait(writing, timeout=grace_s)
+        await self._stop(list(self._entries.values()), SHUTTING_DOWN)
 
     @staticmethod
     async def _stop(entries: list[_Entry], reason: str) -> int:

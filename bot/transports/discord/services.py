@@ -1,65 +1,56 @@
-"""What the cogs share: the engine, settings, and the Discord-side stores and limits."""
+"""What the cogs share: the engine, settings, the shared state (ports) and the reply queue."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 import discord
-from redis.exceptions import RedisError
 
 from bot.domain.persona import Persona
 from bot.engine import ChatEngine
 from bot.errors import PersonaNotFound, StoreError
-from bot.redis_conn import RedisHandle
+from bot.ports import DiscordState
 from bot.settings import DiscordSettings
+from bot.transports.discord.ids import external_id, user_id
 from bot.transports.discord.inflight import InFlight
 from bot.transports.discord.placement import PersonaPlacements
 from bot.transports.discord.places import Place
-from bot.transports.discord.seen import SeenMessages
-from bot.transports.discord.sinks import WebhookDirectory
-from bot.transports.discord.throttling import ChannelGate, Cooldowns
+from bot.transports.discord.queue import ReplyQueue
+from bot.transports.discord.webhooks import WebhookDirectory
 
 log = logging.getLogger(__name__)
 
-
-def external_id(message_id: int) -> str:
-    """How the feedback log names a Discord message showing a reply."""
-    return f"discord:msg:{message_id}"
-
-
-def user_id(user: discord.abc.Snowflake | int) -> str:
-    return f"discord:{user if isinstance(user, int) else user.id}"
+__all__ = ["Services", "external_id", "user_id"]
 
 
 @dataclass
 class Services:
     engine: ChatEngine
     settings: DiscordSettings
+    state: DiscordState
     placements: PersonaPlacements
-    seen: SeenMessages
-    cooldowns: Cooldowns
-    gate: ChannelGate
     webhooks: WebhookDirectory
     in_flight: InFlight
+    queue: ReplyQueue
 
     @classmethod
     def build(
-        cls, engine: ChatEngine, redis: RedisHandle, settings: DiscordSettings, client: discord.Client
+        cls, engine: ChatEngine, state: DiscordState, settings: DiscordSettings, client: discord.Client
     ) -> Services:
         return cls(
             engine=engine,
             settings=settings,
-            placements=PersonaPlacements(redis),
-            seen=SeenMessages(redis),
-            cooldowns=Cooldowns(settings.user_cooldown_s),
-            gate=ChannelGate(settings.channel_concurrency, settings.channel_queue),
+            state=state,
+            placements=PersonaPlacements(state.placements),
             webhooks=WebhookDirectory(client),
             in_flight=InFlight(),
+            queue=ReplyQueue(state.slots, total=settings.max_replies, per_group=settings.max_replies_per_server),
         )
 
     async def persona_at(self, place: Place) -> Persona:
-        """The persona speaking at `place`; an override naming a removed persona falls back."""
+        """The persona speaking at `place`; a choice naming a removed persona falls back."""
         found = await self.placements.resolve(place)
         if found is not None:
             try:
@@ -74,7 +65,8 @@ class Services:
 
     async def is_our_reply(self, message_id: int) -> bool:
         try:
-            return await self.reply_id_of(message_id) is not None
-        except (StoreError, RedisError) as exc:
+            async with asyncio.timeout(self.settings.state_timeout_s):
+                return await self.reply_id_of(message_id) is not None
+        except (StoreError, TimeoutError) as exc:
             log.warning("cannot look up message %s: %s", message_id, exc)
             return False

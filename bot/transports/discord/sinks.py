@@ -1,132 +1,134 @@
 """Where reply messages go: the channel itself, or a persona's webhook (its own name and avatar).
 
-Every send and edit passes `AllowedMentions.none()`: model output may contain @everyone, role or
-user mentions and must never ping anyone.
+Sinks work from ids (discord.py's partial objects), never from the message they answer. Every
+send and edit passes `AllowedMentions.none()`: model output may contain @everyone, role or user
+mentions and must never ping anyone.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import discord
 
 from bot.domain.persona import Persona
+from bot.transports.discord.webhooks import WebhookDirectory
 
 log = logging.getLogger(__name__)
 
 NO_PINGS = discord.AllowedMentions.none()
-WEBHOOK_NAME = "persona-bot"
-TYPING_EVERY_S = 8.0  # Discord shows "typing" for 10 seconds
+UNKNOWN_WEBHOOK = 10015
 
 
 class ChannelSink:
-    """Messages posted by the bot itself; the first one replies to the user's message."""
+    """Messages posted by the bot itself; the first one replies to `reply_to`, when given.
 
-    def __init__(self, channel: discord.abc.Messageable, reference: discord.Message | None) -> None:
+    A message someone deleted meanwhile (a moderator, say) is posted again rather than edited.
+    """
+
+    def __init__(self, channel: discord.PartialMessageable, reply_to: discord.MessageReference | None) -> None:
         self.channel = channel
-        self.reference = reference
-        self._messages: dict[int, discord.Message] = {}
+        self.reply_to = reply_to
+        self._first: int | None = None
 
     async def send(self, content: str, *, first: bool) -> int:
-        reference = self.reference.to_reference(fail_if_not_exists=False) if first and self.reference else None
-        if reference is not None:
-            message = await self.channel.send(content, reference=reference, allowed_mentions=NO_PINGS)
+        if first and self.reply_to is not None:
+            message = await self.channel.send(content, reference=self.reply_to, allowed_mentions=NO_PINGS)
         else:
             message = await self.channel.send(content, allowed_mentions=NO_PINGS)
-        self._messages[message.id] = message
+        if first:
+            self._first = message.id
         return message.id
 
-    async def edit(self, message_id: int, content: str) -> None:
-        self._messages[message_id] = await self._messages[message_id].edit(content=content, allowed_mentions=NO_PINGS)
+    async def edit(self, message_id: int, content: str) -> int:
+        try:
+            await self.channel.get_partial_message(message_id).edit(content=content, allowed_mentions=NO_PINGS)
+        except discord.NotFound:
+            log.info("message %s is gone; posting its text again", message_id)
+            return await self.send(content, first=message_id == self._first)
+        return message_id
 
     async def delete(self, message_id: int) -> None:
-        await self._messages.pop(message_id).delete()
+        await self.channel.get_partial_message(message_id).delete()
 
 
 class WebhookSink:
-    """Messages posted through a channel webhook under the persona's name and avatar."""
+    """Messages posted through the persona's webhook; where that fails for good, through `fallback`.
 
-    def __init__(self, webhook: discord.Webhook, persona: Persona, thread: discord.Thread | None) -> None:
-        self.webhook = webhook
-        self.username = (persona.identity.name if persona.identity else None) or persona.name
-        self.avatar_url = persona.identity.avatar_url if persona.identity else None
-        self.thread: discord.abc.Snowflake = thread if thread is not None else discord.utils.MISSING
+    A webhook deleted while in use is forgotten and recreated, and the message sent again: a send
+    is retried once on a new webhook, and a message whose webhook is gone is replaced by a new one
+    (the old one is deleted where the bot may, else it stays as it was).
+    """
+
+    def __init__(
+        self,
+        webhooks: WebhookDirectory,
+        channel_id: int,
+        thread_id: int | None,
+        persona: Persona,
+        fallback: ChannelSink,
+    ) -> None:
+        self.webhooks = webhooks
+        self.channel_id = channel_id
+        self.thread: discord.abc.Snowflake = discord.Object(thread_id) if thread_id else discord.utils.MISSING
+        self.persona = persona
+        identity = persona.identity
+        self.username = (identity.name if identity else None) or persona.name
+        self.avatar_url = (identity.avatar_url if identity else None) or discord.utils.MISSING
+        self.fallback = fallback
+        self._posted_by: dict[int, discord.Webhook] = {}
 
     async def send(self, content: str, *, first: bool) -> int:
-        message = await self.webhook.send(
-            content,
-            username=self.username,
-            avatar_url=self.avatar_url or discord.utils.MISSING,
-            allowed_mentions=NO_PINGS,
-            thread=self.thread,
-            wait=True,
-        )
-        return message.id
+        for attempt in range(2):
+            webhook = await self.webhooks.webhook(self.channel_id, self.persona)
+            if webhook is None:
+                break
+            try:
+                message = await webhook.send(
+                    content, username=self.username, avatar_url=self.avatar_url,
+                    allowed_mentions=NO_PINGS, thread=self.thread, wait=True,
+                )  # fmt: skip
+            except discord.NotFound:
+                self.webhooks.forget(webhook)
+                log.info("webhook gone while posting in channel %s (try %d)", self.channel_id, attempt + 1)
+                continue
+            except discord.DiscordServerError as exc:
+                log.warning("webhook send failed in channel %s (%s): posting as the bot", self.channel_id, exc)
+                break
+            self._posted_by[message.id] = webhook
+            return message.id
+        return await self.fallback.send(content, first=first)
 
-    async def edit(self, message_id: int, content: str) -> None:
-        await self.webhook.edit_message(message_id, content=content, allowed_mentions=NO_PINGS, thread=self.thread)
+    async def edit(self, message_id: int, content: str) -> int:
+        webhook = self._posted_by.get(message_id)
+        if webhook is None:
+            return await self.fallback.edit(message_id, content)
+        try:
+            await webhook.edit_message(message_id, content=content, allowed_mentions=NO_PINGS, thread=self.thread)
+            return message_id
+        except discord.NotFound as exc:
+            if exc.code == UNKNOWN_WEBHOOK:
+                self.webhooks.forget(webhook)
+            replacement = await self.send(content, first=False)
+            await self._delete_stranded(message_id)
+            return replacement
 
     async def delete(self, message_id: int) -> None:
-        await self.webhook.delete_message(message_id, thread=self.thread)
-
-
-class WebhookDirectory:
-    """One webhook per text channel, found or created once and cached."""
-
-    def __init__(self, client: discord.Client) -> None:
-        self.client = client
-        self._hooks: dict[int, discord.Webhook | None] = {}
-        self._lock = asyncio.Lock()
-
-    async def sink_for(self, channel: object, persona: Persona) -> WebhookSink | None:
-        """A webhook sink for `channel` (a text channel or its thread), or None when not possible."""
-        thread = channel if isinstance(channel, discord.Thread) else None
-        parent = thread.parent if thread is not None else channel
-        if persona.identity is None or not isinstance(parent, discord.TextChannel):
-            return None
-        webhook = await self._webhook(parent)
-        return None if webhook is None else WebhookSink(webhook, persona, thread)
-
-    async def _webhook(self, channel: discord.TextChannel) -> discord.Webhook | None:
-        if not channel.permissions_for(channel.guild.me).manage_webhooks:
-            log.info("no Manage Webhooks permission in #%s: personas post as the bot", channel.name)
-            return None  # not cached: the permission may be granted later
-        async with self._lock:
-            if channel.id not in self._hooks:
-                self._hooks[channel.id] = await self._find_or_create(channel)
-            return self._hooks[channel.id]
-
-    async def _find_or_create(self, channel: discord.TextChannel) -> discord.Webhook | None:
+        webhook = self._posted_by.pop(message_id, None)
+        if webhook is None:
+            await self.fallback.delete(message_id)
+            return
         try:
-            for hook in await channel.webhooks():
-                if hook.user is not None and hook.user == self.client.user and hook.token:
-                    return hook
-            return await channel.create_webhook(name=WEBHOOK_NAME, reason="persona identities")
+            await webhook.delete_message(message_id, thread=self.thread)
+        except discord.NotFound as exc:
+            if exc.code == UNKNOWN_WEBHOOK:
+                self.webhooks.forget(webhook)
+                await self._delete_stranded(message_id)
+
+    async def _delete_stranded(self, message_id: int) -> None:
+        """A message whose webhook is gone: only the bot's Manage Messages can remove it."""
+        self._posted_by.pop(message_id, None)
+        try:
+            await self.fallback.channel.get_partial_message(message_id).delete()
         except discord.HTTPException as exc:
-            log.warning("cannot use a webhook in #%s (%s): personas post as the bot", channel.name, exc)
-            return None
-
-
-@contextlib.asynccontextmanager
-async def typing_indicator(channel: discord.abc.Messageable) -> AsyncIterator[None]:
-    """Show "typing" until the block ends; a failure to show it never fails the reply."""
-
-    async def keep_typing() -> None:
-        while True:
-            try:
-                await channel.typing()
-            except discord.HTTPException as exc:
-                log.debug("typing indicator failed: %s", exc)
-                return
-            await asyncio.sleep(TYPING_EVERY_S)
-
-    task = asyncio.create_task(keep_typing())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            log.info("cannot delete message %s of a deleted webhook: %s", message_id, exc)

@@ -4,6 +4,9 @@ The growing text is re-split on every update (see `bot.domain.splitting`): the l
 edited, and when the text outgrows it the next message is sent. Only messages whose text changed
 are edited. The first update goes out at once; later ones wait for the interval to pass, and
 `finish` always shows the final text.
+
+A message that waits in the queue may first show a notice (`notice`): the reply then takes over
+that message, so the user's message gets one answer, never a notice plus a reply.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ class MessageSink(Protocol):
         """Post a new message; returns its id."""
         ...
 
-    async def edit(self, message_id: int, content: str) -> None: ...
+    async def edit(self, message_id: int, content: str) -> int:
+        """Change a message; returns its id (a new one when the message had to be posted again)."""
+        ...
 
     async def delete(self, message_id: int) -> None: ...
 
@@ -59,6 +64,17 @@ class ReplyStream:
         if self._text.strip() and self._due():
             await self._update()
 
+    async def notice(self, text: str) -> None:
+        """Show `text` (e.g. how long the wait is) in the first message, until the reply replaces it."""
+        if self._text:
+            return
+        if not self.message_ids:
+            self.message_ids.append(await self.sink.send(text, first=True))
+            self._shown.append(text)
+        elif self._shown[0] != text:
+            self.message_ids[0] = await self.sink.edit(self.message_ids[0], text)
+            self._shown[0] = text
+
     async def finish(self, text: str) -> list[int]:
         """Show the final text (whatever the interval) and return the ids of every message."""
         self._text = text
@@ -90,7 +106,7 @@ class ReplyStream:
         for index, chunk in enumerate(chunks):
             if index < len(self.message_ids):
                 if self._shown[index] != chunk:
-                    await self.sink.edit(self.message_ids[index], chunk)
+                    self.message_ids[index] = await self.sink.edit(self.message_ids[index], chunk)
                     self._shown[index] = chunk
             else:
                 self.message_ids.append(await self.sink.send(chunk, first=index == 0))

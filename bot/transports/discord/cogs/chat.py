@@ -1,6 +1,5 @@
-"""Answer messages: decide whether to, then apply the dedupe, cooldown and channel limits.
-
-Deleting a message whose reply is still being generated stops that reply (see `inflight`).
+"""Answer messages: read each one at the edge (see `inbound`), then hand it to the message path
+(see `handling`). Deleting a message stops its reply, whether it waits in line or is being written.
 
 Each handled message ends with a `persona_handled(message, outcome)` event (see `Outcome`),
 which tests and extensions can wait for.
@@ -13,23 +12,21 @@ import logging
 import discord
 from discord.ext import commands
 
-from bot.transports.discord.errors import BUSY
-from bot.transports.discord.places import trigger_for
-from bot.transports.discord.replier import Outcome, Replier
+from bot.transports.discord.handling import MessageHandler, Outcome
+from bot.transports.discord.inbound import read_message
 from bot.transports.discord.services import Services
-from bot.transports.discord.sinks import NO_PINGS
-from bot.transports.discord.throttling import Busy
 
 log = logging.getLogger(__name__)
-
-COOLDOWN_EMOJI = "\N{HOURGLASS WITH FLOWING SAND}"
-BUSY_NOTICE_S = 10.0
 
 
 class ChatCog(commands.Cog):
     def __init__(self, bot: discord.Client, services: Services) -> None:
         self.bot = bot
         self.services = services
+        self.handler = MessageHandler(services, bot)
+
+    async def cog_unload(self) -> None:
+        await self.services.queue.close()
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -52,28 +49,7 @@ class ChatCog(commands.Cog):
         me = self.bot.user
         if me is None:
             return Outcome("ignored")
-        trigger = await trigger_for(message, me, self.services.settings, self.services.is_our_reply)
-        if trigger is None:
+        inbound = await read_message(message, me, self.services.settings, self.services.is_our_reply)
+        if inbound is None:
             return Outcome("ignored")
-        if not await self.services.seen.claim(message.id):
-            log.info("message %s was delivered again; already handled", message.id)
-            return Outcome("duplicate")
-        if not self.services.cooldowns.allow(message.author.id):
-            await self._react(message, COOLDOWN_EMOJI)
-            return Outcome("cooldown")
-        try:
-            async with self.services.gate.slot(message.channel.id):
-                return await Replier(self.services, me).answer(message, trigger)
-        except Busy:
-            await message.channel.send(
-                BUSY, reference=message.to_reference(fail_if_not_exists=False),
-                allowed_mentions=NO_PINGS, delete_after=BUSY_NOTICE_S,
-            )  # fmt: skip
-            return Outcome("busy")
-
-    @staticmethod
-    async def _react(message: discord.Message, emoji: str) -> None:
-        try:
-            await message.add_reaction(emoji)
-        except discord.HTTPException as exc:
-            log.debug("cannot react to message %s: %s", message.id, exc)
+        return await self.handler.handle(inbound)

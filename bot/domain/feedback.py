@@ -59,6 +59,11 @@ class ReplyRecord:
     #: Every user whose messages may appear in the prompt (the asker and the remembered speakers):
     #: deleting any of them (/forget-me) deletes this record.
     participants: list[str] = field(default_factory=list)
+    #: Lorebook entries in the prompt, as "book#entry" ("persona" is the persona's own book), so
+    #: ratings can be attributed to the lore that shaped a reply.
+    lorebook_entries: list[str] = field(default_factory=list)
+    #: The greeting that opened the conversation (0: the greeting, 1..: alternates); None: unknown.
+    greeting: int | None = None
     schema: int = RECORD_SCHEMA
 
     def to_json(self) -> str:
@@ -68,12 +73,17 @@ class ReplyRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ReplyRecord:
+        """Read a record of any age: fields it lacks take their defaults, fields this version does not
+        know (written by a newer one) are left out."""
         data = json.loads(raw)
         data.pop("schema", None)
+        if not data.keys() <= _KNOWN_FIELDS:
+            data = {k: v for k, v in data.items() if k in _KNOWN_FIELDS}
         return cls(**data)
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(ReplyRecord))
+_KNOWN_FIELDS = frozenset(_RECORD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

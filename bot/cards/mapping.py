@@ -158,7 +158,7 @@ def persona_from_card(
             if data.character_book else None)
     note = _depth_prompt_entry(ext, macros)
     if note is not None and not (book and any(e.get("id") == DEPTH_PROMPT_ID for e in book["entries"])):
-        book = book or {"name": f"{name} notes", "entries": []}
+        book = book or {"entries": []}
         book["entries"].append(note)
     persona["lorebook"] = book
     persona.update({k: ours[k] for k in SAFE_EXTRAS if k in ours})
@@ -190,8 +190,9 @@ def _merged_book(persona: Persona) -> tuple[Lorebook | None, dict[str, Any] | No
             entries.append(entry)
     first = sources[0].book
     merged = first.model_copy(update={"entries": tuple(entries)})
-    # A book that only held the character note goes back to being just the note.
-    return (None if not entries and note is not None else merged), note
+    # A book made only to hold the character note (nothing else in it) goes back to being just the note.
+    holder = not entries and note is not None and merged == Lorebook()
+    return (None if holder else merged), note
 
 
 def _extras(persona: Persona) -> dict[str, Any]:

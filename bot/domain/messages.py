@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ STORED_NAME_LENGTH = 100
 DEFAULT_SPEAKER_NAME = "User"
 
 
+@functools.lru_cache(maxsize=4096)
 def clean_name(name: str, max_length: int = 32) -> str:
     """A display name made safe to put in a prompt: one line, no control or formatting characters, no
     brackets, mention or turn syntax, at most `max_length` characters ("User" if nothing is left)."""

@@ -82,6 +82,8 @@ def example_messages(persona: Persona) -> list[ChatMessage]:
 def character_text(persona: Persona, context: PromptContext) -> str:
     """The persona's character sheet as it follows the system prompt ("" when it has none)."""
     sheet = persona.character
+    if not (sheet.description or sheet.personality or sheet.scenario):
+        return ""
     variables = context.variables(persona)
     parts = []
     if sheet.description.strip():
@@ -189,6 +191,27 @@ def assemble(
     few-shot examples (they carry the persona's voice); then as much recent history as fits; then the
     opening greeting (only when the whole history fits: it opened the conversation).
     """
+    turns = [t if isinstance(t, ChatMessage) else t.as_message() for t in history]
+    return _assemble(persona, system_prompt, turns, user_text, budget=budget, max_turns=max_turns,
+                     max_history_tokens=max_history_tokens, count=count, character=character,
+                     post_history=post_history, lore=lore, opening=opening)
+
+
+def _assemble(
+    persona: Persona,
+    system_prompt: str,
+    turns: list[ChatMessage],
+    user_text: str,
+    *,
+    budget: int,
+    max_turns: int,
+    max_history_tokens: int,
+    count: Callable[[str], int],
+    character: str = "",
+    post_history: str = "",
+    lore: LoreSelector | None = None,
+    opening: str = "",
+) -> AssembledPrompt:
     base_system = "\n".join(p for p in (system_prompt, character) if p)
     new = ChatMessage("user", user_text)
     tail = [ChatMessage("system", post_history)] if post_history else []
@@ -203,7 +226,6 @@ def assemble(
     examples_cost = _cost(examples, count)
     include_examples = required + lore_cost + examples_cost <= budget
     remaining = budget - required - lore_cost - (examples_cost if include_examples else 0)
-    turns = [t if isinstance(t, ChatMessage) else t.as_message() for t in history]
     window, window_cost = _window(
         turns, max_turns=max_turns, max_tokens=min(max_history_tokens, remaining), count=count
     )
@@ -215,14 +237,16 @@ def assemble(
         conversation.insert(0, ChatMessage("assistant", opening))
         window_cost += opening_cost
     before_history: list[ChatMessage] = []
-    for message, depth in reversed(_lore_messages(fired)):
-        if depth is None:
-            before_history.insert(0, message)
-        else:
-            conversation.insert(max(0, len(conversation) - depth), message)
+    exact = count(base_system) + MESSAGE_OVERHEAD
+    if fired:
+        placed = _lore_messages(fired)
+        for message, depth in reversed(placed):
+            if depth is None:
+                before_history.insert(0, message)
+            else:
+                conversation.insert(max(0, len(conversation) - depth), message)
+        exact = _cost([system, *(m for m, _ in placed)], count)
     messages = [system, *(examples if include_examples else []), *before_history, *conversation, *tail]
-    lore_messages = [system, *before_history] + [m for m, _ in _lore_messages(fired) if m not in before_history]
-    exact = _cost(lore_messages, count) if fired else count(base_system) + MESSAGE_OVERHEAD
     return AssembledPrompt(
         messages=messages,
         system_prompt=base_system,
@@ -286,11 +310,13 @@ def build_prompt(
     lorebook entries bound to a greeting). Everything that changes what a model reads for a turn
     belongs here, so an offline score measures exactly the prompt users get.
     """
-    context = dataclasses.replace(context, user_name=clean_name(context.user_name, persona.speakers.max_name_length))
+    name = clean_name(context.user_name, persona.speakers.max_name_length)
+    if name != context.user_name:
+        context = dataclasses.replace(context, user_name=name)
     turns, new_text, named = _speaker_turns(persona, history, user_text, speaker_id, context.user_name)
     budget = context_window - persona.generation.max_new_tokens
     selector: LoreSelector | None = None
-    sources = persona.lore_sources
+    sources = persona.lore_sources if persona.lorebook is not None or persona.lorebooks else []
     if sources:
         variables = context.variables(persona)
 
@@ -311,7 +337,7 @@ def build_prompt(
         options = greeting_options(persona.greeting, persona.alternate_greetings, persona.group_greetings)
         if greeting in options:
             opening = render(options[greeting], persona, context)
-    prompt = assemble(
+    prompt = _assemble(
         persona,
         render(persona.system_prompt, persona, context),
         turns,

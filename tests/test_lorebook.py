@@ -191,3 +191,11 @@ def test_many_entries_share_keys_and_match_exactly() -> None:
     assert fire(b, "say word7 and word400") == ["entry 7", "entry 400"]
     assert len(fire(b, "common")) == 500
     assert fire(b, "word7x") == []
+
+
+def test_a_copied_book_with_other_entries_gets_its_own_index() -> None:
+    b = book({"keys": ["a"], "content": "A"})
+    assert fire(b, "a") == ["A"]
+    other = b.model_copy(update={"entries": book({"keys": ["z"], "content": "Z"}).entries})
+    assert fire(other, "a") == [] and fire(other, "z") == ["Z"]
+    assert fire(b, "a") == ["A"]

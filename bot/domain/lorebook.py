@@ -158,9 +158,16 @@ class Lorebook(_Strict):
         entry = self.entries[index]
         return str(index if entry.id is None else entry.id)
 
-    @functools.cached_property
+    @property
     def index(self) -> LoreIndex:
-        """The precompiled keys (built once per loaded book, shared by every persona using it)."""
+        """The precompiled keys (built once per loaded book, shared by every persona using it).
+
+        Kept in the instance dict like a cached_property, but checked to belong to this very book:
+        `model_copy` copies that dict, and a copy with other entries must not reuse the index."""
         from bot.domain.lore_index import LoreIndex
 
-        return LoreIndex(self)
+        index = self.__dict__.get("_lore_index")
+        if index is None or index.book is not self:
+            index = LoreIndex(self)
+            self.__dict__["_lore_index"] = index
+        return index

@@ -13,8 +13,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from bot.cards import CardError
-
 
 def _fail(exc: Exception) -> typer.Exit:
     from bot.cli import err
@@ -42,7 +40,7 @@ def import_command(
     directory: DirOption = None,
 ) -> None:
     """Import a Character Card V2/V3 as a persona file (plus its avatar and assets)."""
-    from bot.cards import import_card
+    from bot.cards import CardError, import_card
 
     try:
         result = import_card(file, _personas_dir(directory), persona_id=persona_id, force=force,
@@ -67,7 +65,7 @@ def export_command(
     directory: DirOption = None,
 ) -> None:
     """Export a persona as a Character Card V2/V3 (JSON, or PNG with --png)."""
-    from bot.cards import export_card
+    from bot.cards import CardError, export_card
     from bot.personas.loader import load_directory
 
     if fmt not in ("card-v2", "card-v3"):
@@ -101,7 +99,7 @@ def import_lorebook_command(
     directory: DirOption = None,
 ) -> None:
     """Import a lorebook file as personas/lorebooks/NAME.yaml (personas use it with `lorebooks: [NAME]`)."""
-    from bot.cards import import_lorebook
+    from bot.cards import CardError, import_lorebook
 
     try:
         path, book = import_lorebook(file, _personas_dir(directory), name=name, force=force,

@@ -244,8 +244,8 @@ class ChatEngine:
         """The greeting that opens a conversation, rendered: `choice` (a card index) when given, else as
         the persona's `greeting_pick` says (first, random, sticky per `conversation_id`, or a fixed one).
         `group`: the place is shared by several users, so group-only greetings may be picked too."""
-        options = greeting_options(persona.greeting, persona.alternate_greetings, persona.group_greetings if group
-                                   else ())
+        group_only = persona.group_greetings if group else ()
+        options = greeting_options(persona.greeting, persona.alternate_greetings, group_only)
         index = choice if choice in options else choose_greeting(
             options, persona.greeting_pick, persona.id, conversation_id, draw=random.random()
         )

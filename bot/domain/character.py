@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import string
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 #: What a card's empty system prompt means (SillyTavern's default main prompt, in this bot's variables).
 DEFAULT_CARD_SYSTEM_PROMPT = (
     "Write {persona_name}'s next reply in a fictional chat between {persona_name} and {user_name}."
 )
 
-GreetingPick = Literal["first", "random", "sticky"] | int
+#: first | random | sticky, or a greeting's index (a strict int: YAML's `true` is not greeting 1).
+GreetingPick = Literal["first", "random", "sticky"] | Annotated[int, Strict()]
 
 
 class _Strict(BaseModel):
@@ -63,15 +64,13 @@ class Speakers(_Strict):
     @classmethod
     def _name_and_text(cls, value: str) -> str:
         try:
-            fields = {f for _, f, spec, conv in string.Formatter().parse(value) if f is not None}
-            bad_spec = any(spec or conv for _, f, spec, conv in string.Formatter().parse(value) if f is not None)
+            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
         except ValueError as exc:
-            raise ValueError(f"broken braces in speaker format: {exc}") from exc
-        if "text" not in fields:
+            raise ValueError(f"broken braces in speaker format: {exc} (write {{{{ and }}}} for braces)") from exc
+        if "text" not in {f for f, _, _ in parts}:
             raise ValueError("the speaker format must contain {text}")
-        unknown = fields - {"name", "text"}
-        if unknown or bad_spec:
-            raise ValueError(f"the speaker format may only use {{name}} and {{text}} (got {sorted(unknown)})")
+        if any(f not in ("name", "text") or spec or conv for f, spec, conv in parts):
+            raise ValueError("the speaker format may only use {name} and {text}, without format specs")
         return value
 
 

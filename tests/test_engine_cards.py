@@ -61,7 +61,7 @@ async def test_the_record_lists_the_lore_that_fired(runtime: Runtime) -> None:
     system = record.prompt_messages[0]["content"]
     assert "The glade heals the wounded.\nShadow wolves hunt at dusk." in system
     assert record.prompt_messages[-1] == {"role": "system", "content": "Never break character."}
-    quiet = await runtime.engine.reply(ask("Hello"))
+    quiet = await runtime.engine.reply(ask("Hello", conversation="c2"))
     assert (await runtime.feedback.get(quiet.reply_id)).lorebook_entries == []  # type: ignore[union-attr]
 
 
@@ -104,3 +104,23 @@ def test_old_and_newer_records_still_load() -> None:
     assert old.lorebook_entries == [] and old.greeting is None
     newer = ReplyRecord.from_json(json.dumps({**data, "field_from_the_future": 1}))
     assert newer == old
+
+
+def test_ratings_are_attributed_to_lore_entries() -> None:
+    from bot.domain.feedback import RatedReply, lore_attribution
+
+    base = ReplyRecord(
+        reply_id="r", conversation_id="c", user_id="u", persona_id="p", persona_version="1", model="m",
+        backend="scripted", adapter=None, generation={}, prompt_messages=[], reply="x", latency_s=0.1,
+        first_token_s=None, prompt_tokens=1, completion_tokens=1, system_prompt_hash="h",
+    )
+    from dataclasses import replace
+
+    rated = [
+        RatedReply(replace(base, lorebook_entries=["world#a", "persona#1"]), {"u1": 1, "u2": 1}),
+        RatedReply(replace(base, lorebook_entries=["world#a"]), {"u1": -1}),
+        RatedReply(base, {"u1": 1}),
+    ]
+    stats = lore_attribution(rated)
+    assert (stats["world#a"].replies, stats["world#a"].ups, stats["world#a"].downs) == (2, 2, 1)
+    assert (stats["persona#1"].replies, stats["persona#1"].ups) == (1, 2)

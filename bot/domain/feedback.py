@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -114,3 +115,26 @@ class RatedReply:
     @property
     def downs(self) -> int:
         return sum(1 for v in self.ratings.values() if v < 0)
+
+
+@dataclass(slots=True)
+class LoreStats:
+    """How the replies one lorebook entry shaped were rated."""
+
+    replies: int = 0
+    ups: int = 0
+    downs: int = 0
+
+
+def lore_attribution(rated: Iterable[RatedReply]) -> dict[str, LoreStats]:
+    """Per lorebook entry ("book#entry", as records list them): the rated replies whose prompt held it,
+    and their 👍/👎 (a user's rating counts once). For reports and refinement: an entry whose replies
+    are rated down more than the persona's are is a candidate to rewrite."""
+    stats: dict[str, LoreStats] = {}
+    for reply in rated:
+        for ref in reply.record.lorebook_entries:
+            entry = stats.setdefault(ref, LoreStats())
+            entry.replies += 1
+            entry.ups += reply.ups
+            entry.downs += reply.downs
+    return stats

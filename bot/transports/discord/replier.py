@@ -51,7 +51,7 @@ class Replier:
             persona = await self.services.persona_at(place)
             stream.sink = await self._sink(channel, persona, reference)
             if not text:
-                return await self._greet(stream, message, persona, channel)
+                return await self._greet(stream, message, persona, channel, place.conversation_id)
             if truncated:
                 stream.header = TRUNCATED.format(limit=self.settings.max_input_chars)
             request = self._request(message, channel, place, persona, text)
@@ -134,9 +134,12 @@ class Replier:
             raise ModelError("the reply stream ended without a reply")
         return finished
 
-    async def _greet(self, stream: ReplyStream, message: discord.Message, persona: Persona, channel: object) -> Outcome:
-        """A bare mention: the persona's greeting (not a model call)."""
-        greeting = await self.engine.greeting(persona, message.author.display_name, channel_label(channel))
+    async def _greet(
+        self, stream: ReplyStream, message: discord.Message, persona: Persona, channel: object, conversation_id: str
+    ) -> Outcome:
+        """A bare mention: the persona's greeting (not a model call); sticky greetings by conversation."""
+        greeting = await self.engine.greeting(persona, message.author.display_name, channel_label(channel),
+                                              conversation_id=conversation_id)
         ids = await stream.finish(greeting or NUDGE)
         return Outcome("greeted", tuple(ids))
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bot.cli_cards import export_command, import_command, import_lorebook_command
 from bot.cli_feedback import eval_command, feedback_app
 from bot.cli_train import train_app
 from bot.errors import BotError
@@ -22,6 +23,9 @@ from bot.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Persona chat bots: console, Discord, feedback.")
 personas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate persona files.")
 app.add_typer(personas_app, name="personas")
+personas_app.command("import")(import_command)
+personas_app.command("export")(export_command)
+personas_app.command("import-lorebook")(import_lorebook_command)
 app.add_typer(feedback_app, name="feedback")
 app.command("eval")(eval_command)
 app.add_typer(train_app, name="train")

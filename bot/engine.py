@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 
+from bot.domain.character import choose_greeting, greeting_options
 from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
-from bot.domain.messages import ChatMessage, ChatRequest, StoredTurn
+from bot.domain.messages import STORED_NAME_LENGTH, ChatMessage, ChatRequest, StoredTurn, clean_name
 from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, build_prompt, render
 from bot.domain.variants import choose_variant
@@ -139,6 +141,7 @@ class ChatEngine:
             history = [
                 t for t in await self.memory.load(request.conversation_id, max_turns) if t.persona_id == persona.id
             ]
+            greeting = self.greeting_index(persona, request.conversation_id)
             context = PromptContext(
                 user_name=request.speaker.name,
                 channel=request.channel_name,
@@ -154,6 +157,8 @@ class ChatEngine:
                 count=bound.count_tokens,
                 max_turns=max_turns,
                 max_history_tokens=max_tokens,
+                speaker_id=request.speaker.id,
+                greeting=greeting,
             )
             started = time.perf_counter()
             first_token: float | None = None
@@ -190,9 +195,12 @@ class ChatEngine:
                 variant=variant,
                 context=dict(request.context),
                 participants=sorted({t.user_id for t in history if t.user_id} | {request.speaker.id}),
+                lorebook_entries=list(prompt.lore),
+                greeting=greeting,
             )
+            speaker = request.speaker.name[:STORED_NAME_LENGTH]
             turns = [
-                StoredTurn("user", request.text, user_id=request.speaker.id, persona_id=persona.id),
+                StoredTurn("user", request.text, user_id=request.speaker.id, persona_id=persona.id, speaker=speaker),
                 StoredTurn("assistant", reply_text, user_id=request.speaker.id, persona_id=persona.id),
             ]
             # Two independent writes: overlap their round trips.
@@ -223,10 +231,34 @@ class ChatEngine:
         _langchain_message.cache_clear()  # no copy of their words stays behind in this process either
         return await self.memory.forget_user(user_id), await self.feedback.forget_user(user_id)
 
-    async def greeting(self, persona: Persona, user_name: str, channel: str = "direct messages") -> str | None:
-        if persona.greeting is None:
+    async def greeting(
+        self,
+        persona: Persona,
+        user_name: str,
+        channel: str = "direct messages",
+        *,
+        conversation_id: str = "",
+        group: bool = False,
+        choice: int | None = None,
+    ) -> str | None:
+        """The greeting that opens a conversation, rendered: `choice` (a card index) when given, else as
+        the persona's `greeting_pick` says (first, random, sticky per `conversation_id`, or a fixed one).
+        `group`: the place is shared by several users, so group-only greetings may be picked too."""
+        group_only = persona.group_greetings if group else ()
+        options = greeting_options(persona.greeting, persona.alternate_greetings, group_only)
+        index = choice if choice in options else choose_greeting(
+            options, persona.greeting_pick, persona.id, conversation_id, draw=random.random()
+        )
+        if index is None:
             return None
-        return render(persona.greeting, persona, PromptContext(user_name, channel, bot_name=self.bot_name))
+        name = clean_name(user_name, persona.speakers.max_name_length)
+        return render(options[index], persona, PromptContext(name, channel, bot_name=self.bot_name))
+
+    def greeting_index(self, persona: Persona, conversation_id: str) -> int | None:
+        """The greeting this conversation opened with, when that is known without remembering it:
+        every pick but `random` gives the same answer each time."""
+        options = greeting_options(persona.greeting, persona.alternate_greetings)
+        return choose_greeting(options, persona.greeting_pick, persona.id, conversation_id)
 
     # -- internals ----------------------------------------------------------------------------
 

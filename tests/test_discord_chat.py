@@ -82,7 +82,8 @@ async def test_a_reply_to_the_bots_message_is_answered(h: DiscordHarness) -> Non
     [reply] = h.reply_of(first)
     _, outcome = await h.say(h.bob, h.general, "and a follow-up", reply_to=reply.id)
     assert outcome.kind == "replied"
-    assert h.reply_of(outcome)[0].content == "[Ada] You said: and a follow-up"
+    # Bob joins Alice's conversation: his turn reaches the model named (who said what, issue #13).
+    assert h.reply_of(outcome)[0].content == "[Ada] You said: bob: and a follow-up"
     # A reply to a human's message is not for the bot.
     human, _ = await h.say(h.alice, h.general, "a human message")
     _, outcome = await h.say(h.bob, h.general, "replying to alice", reply_to=int(human["id"]))

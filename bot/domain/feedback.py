@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -59,6 +60,11 @@ class ReplyRecord:
     #: Every user whose messages may appear in the prompt (the asker and the remembered speakers):
     #: deleting any of them (/forget-me) deletes this record.
     participants: list[str] = field(default_factory=list)
+    #: Lorebook entries in the prompt, as "book#entry" ("persona" is the persona's own book), so
+    #: ratings can be attributed to the lore that shaped a reply.
+    lorebook_entries: list[str] = field(default_factory=list)
+    #: The greeting that opened the conversation (0: the greeting, 1..: alternates); None: unknown.
+    greeting: int | None = None
     schema: int = RECORD_SCHEMA
 
     def to_json(self) -> str:
@@ -68,12 +74,17 @@ class ReplyRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ReplyRecord:
+        """Read a record of any age: fields it lacks take their defaults, fields this version does not
+        know (written by a newer one) are left out."""
         data = json.loads(raw)
         data.pop("schema", None)
+        if not data.keys() <= _KNOWN_FIELDS:
+            data = {k: v for k, v in data.items() if k in _KNOWN_FIELDS}
         return cls(**data)
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(ReplyRecord))
+_KNOWN_FIELDS = frozenset(_RECORD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +115,26 @@ class RatedReply:
     @property
     def downs(self) -> int:
         return sum(1 for v in self.ratings.values() if v < 0)
+
+
+@dataclass(slots=True)
+class LoreStats:
+    """How the replies one lorebook entry shaped were rated."""
+
+    replies: int = 0
+    ups: int = 0
+    downs: int = 0
+
+
+def lore_attribution(rated: Iterable[RatedReply]) -> dict[str, LoreStats]:
+    """Per lorebook entry ("book#entry", as records list them): the rated replies whose prompt held it,
+    and their 👍/👎 (a user's rating counts once). For reports and refinement: an entry whose replies
+    are rated down more than the persona's are is a candidate to rewrite."""
+    stats: dict[str, LoreStats] = {}
+    for reply in rated:
+        for ref in reply.record.lorebook_entries:
+            entry = stats.setdefault(ref, LoreStats())
+            entry.replies += 1
+            entry.ups += reply.ups
+            entry.downs += reply.downs
+    return stats

@@ -5,11 +5,15 @@ Pure data with validation; loading from files lives in `bot.personas`.
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from bot.domain.character import CardInfo, Character, GreetingPick, Speakers
+from bot.domain.lore_scan import LoreSource
+from bot.domain.lorebook import Lorebook
 from bot.domain.variants import DEFAULT_VARIANT
 
 #: Variables a system prompt or greeting may use, e.g. "You are talking to {user_name}".
@@ -126,6 +130,19 @@ class Persona(_Strict):
     identity: Identity | None = None
     variants: tuple[Variant, ...] = ()
     variant_period_hours: float = Field(default=24.0, ge=0.0, description="0: a conversation never switches.")
+    # Character cards (issue #13): bot.domain.character, bot.domain.lorebook, bot.cards.
+    nickname: str | None = Field(default=None, min_length=1, max_length=80, description="{persona_name} when set.")
+    character: Character = Field(default_factory=Character)
+    post_history_instructions: str | None = Field(default=None, description="Sent after the conversation.")
+    alternate_greetings: tuple[str, ...] = Field(default=(), max_length=100)
+    group_greetings: tuple[str, ...] = Field(default=(), max_length=100)
+    greeting_pick: GreetingPick = "first"
+    greeting_in_prompt: bool = Field(default=False, description="The opening greeting is the model's first turn.")
+    speakers: Speakers = Field(default_factory=Speakers)
+    lorebook: Lorebook | None = None
+    lorebooks: tuple[str, ...] = Field(default=(), max_length=32, description="Shared lorebooks by name.")
+    card: CardInfo | None = None
+    _shared_lorebooks: tuple[tuple[str, Lorebook], ...] = PrivateAttr(default=())
 
     @field_validator("version", mode="before")
     @classmethod
@@ -137,6 +154,28 @@ class Persona(_Strict):
     @classmethod
     def _known_variables(cls, value: str | None) -> str | None:
         return None if value is None else check_template(value)
+
+    @field_validator("post_history_instructions")
+    @classmethod
+    def _known_variables_phi(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+    @field_validator("alternate_greetings", "group_greetings")
+    @classmethod
+    def _known_variables_greetings(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            check_template(value)
+        return values
+
+    @field_validator("lorebooks")
+    @classmethod
+    def _lorebook_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not re.fullmatch(ID_PATTERN, name):
+                raise ValueError(f"lorebook name {name!r}: lowercase letters, digits, - and _ (its file name)")
+        if len(set(names)) != len(names):
+            raise ValueError("a lorebook is listed twice")
+        return names
 
     @field_validator("adapter")
     @classmethod
@@ -154,7 +193,23 @@ class Persona(_Strict):
             raise ValueError("at least one variant needs a weight above 0")
         for variant in self.variants:
             self._merged_generation(variant)
+        if isinstance(self.greeting_pick, int):
+            count = len(self.alternate_greetings) + len(self.group_greetings)
+            if not 0 <= self.greeting_pick <= count:
+                raise ValueError(f"greeting_pick {self.greeting_pick}: 0 is the greeting, 1-{count} the alternates")
         return self
+
+    def with_lorebooks(self, shared: tuple[tuple[str, Lorebook], ...]) -> Persona:
+        """This persona with its `lorebooks` resolved (bot.personas.lorebooks loads them by name)."""
+        copy = self.model_copy()
+        copy._shared_lorebooks = shared
+        return copy
+
+    @property
+    def lore_sources(self) -> list[LoreSource]:
+        """The books scanned for this persona: its own first, then the shared ones in listed order."""
+        own = [LoreSource("persona", self.lorebook)] if self.lorebook is not None else []
+        return own + [LoreSource(name, book) for name, book in self._shared_lorebooks]
 
     def _merged_generation(self, variant: Variant) -> GenerationParams:
         try:

@@ -79,6 +79,7 @@ def jsonl_row(rated: RatedReply) -> dict[str, Any]:
         "model": r.model,
         "adapter": r.adapter,
         "system_prompt_hash": r.system_prompt_hash,
+        "lorebook_entries": r.lorebook_entries,
         "messages": r.prompt_messages,
         "reply": r.reply,
         "rating": rated.score,

@@ -39,7 +39,9 @@ class ScriptedChatModel(BaseChatModel):
         return "scripted"
 
     def _reply_for(self, messages: list[BaseMessage]) -> str:
-        last = str(messages[-1].content) if messages else ""
+        # The user's last message: a persona's post-history instructions may follow it (a system message).
+        users = [m for m in messages if m.type == "human"]
+        last = str((users or messages)[-1].content) if messages else ""
         if self.fail_on and self.fail_on in last:
             raise RuntimeError(f"scripted failure on {self.fail_on!r}")
         index = self.calls

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from bot.domain.persona import Persona
 from bot.errors import PersonaFileError
+from bot.personas.lorebooks import attach_lorebooks
 
 PERSONA_SUFFIXES = (".yaml", ".yml")
 
@@ -59,7 +60,7 @@ def parse_persona(path: Path, text: str) -> Persona:
         raise PersonaFileError(path, "a persona file must be a mapping of fields (id, name, system_prompt...)", line=1)
     data.pop("tests", None)  # a persona's prompt test suite: read by `bot.evals`, not part of the persona
     try:
-        return Persona.model_validate(data)
+        persona = Persona.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(p for p in first["loc"] if isinstance(p, int | str))
@@ -67,6 +68,7 @@ def parse_persona(path: Path, text: str) -> Persona:
         raise PersonaFileError(
             path, f"{first['msg']}{more}", field=_field_name(loc), line=_line_of(root, loc)
         ) from exc
+    return attach_lorebooks(persona, path, lambda loc: _line_of(root, loc))  # shared lorebooks, by name
 
 
 def load_persona_file(path: Path) -> Persona:

@@ -59,7 +59,8 @@ class ConsoleSession:
         if history:
             self.say("(continuing the earlier conversation; /reset to start over)")
         else:
-            greeting = await self.engine.greeting(persona, self.user_name, "console")
+            greeting = await self.engine.greeting(persona, self.user_name, "console",
+                                                  conversation_id=self.conversation_id)
             if greeting:
                 self.say(f"{persona.name}> {greeting}")
 

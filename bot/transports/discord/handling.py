@@ -102,9 +102,11 @@ class MessageHandler:
         return Answer(inbound, persona, outlet, stream)
 
     async def _greet(self, answer: Answer) -> Outcome:
-        """A bare mention: the persona's greeting (not a model call, so it does not queue)."""
+        """A bare mention: the persona's greeting (not a model call, so it does not queue); sticky per conversation."""
         inbound = answer.inbound
-        greeting = await self.services.engine.greeting(answer.persona, inbound.speaker.name, inbound.channel_label)
+        greeting = await self.services.engine.greeting(
+            answer.persona, inbound.speaker.name, inbound.channel_label, conversation_id=inbound.conversation_id
+        )
         ids = await answer.stream.finish(greeting or NUDGE)
         return Outcome("greeted", tuple(ids))
 

@@ -1,0 +1,273 @@
+"""Card fields <-> persona fields. The README's mapping table documents every row.
+
+    card (V1/V2/V3)                      persona
+    name                                 name, identity.name
+    nickname (V3)                        nickname ({persona_name}, what {{char}} means)
+    description, personality, scenario   character.description / .personality / .scenario
+    first_mes                            greeting
+    alternate_greetings                  alternate_greetings
+    group_only_greetings (V3)            group_greetings
+    mes_example                          examples (<START> blocks of {{user}}: / {{char}}: lines)
+    system_prompt                        system_prompt (empty: DEFAULT_CARD_SYSTEM_PROMPT)
+    post_history_instructions            post_history_instructions
+    creator_notes                        description (shown to people, never in prompts)
+    character_version                    version
+    character_book                       lorebook (bot.cards.lorebook_map)
+    tags, creator, source, creation_date, modification_date,
+    creator_notes_multilingual           card.*
+    assets (V3)                          card.assets (+ files under assets/<id>/), identity.avatar_path
+    extensions                           card.extensions, verbatim, less what this bot reads:
+      extensions.depth_prompt (SillyTavern's character note)   a constant lorebook entry "st-depth-prompt"
+      extensions.persona_bot (this bot's own export)           generation, memory, speakers, greeting_pick,
+                                                               greeting_in_prompt (nothing that chooses a
+                                                               model, adapter or server: cards are untrusted)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bot.cards.assets import MIME, AssetPlan
+from bot.cards.errors import CardFormatError
+from bot.cards.lorebook_map import OURS, ROLES, book_from_card, book_to_card
+from bot.cards.macros import MacroMap, to_card_text
+from bot.cards.schema import SPEC_V2, SPEC_V3, CardData
+from bot.domain.character import DEFAULT_CARD_SYSTEM_PROMPT
+from bot.domain.lorebook import Lorebook
+from bot.domain.persona import ID_PATTERN, Persona
+
+DEPTH_PROMPT_ID = "st-depth-prompt"
+SAFE_EXTRAS = ("generation", "memory", "speakers", "greeting_pick", "greeting_in_prompt")
+NAME_LIMIT = 80
+VERSION_LIMIT = 32
+_START = re.compile(r"<start>", re.IGNORECASE)
+
+
+def persona_id_for(name: str) -> str:
+    """A persona id from a character's name: "Seraphina the Wise" -> "seraphina-the-wise"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64].strip("-")
+    return slug if slug and re.fullmatch(ID_PATTERN, slug) else "character"
+
+
+def _lines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_examples(text: str, macros: MacroMap, char: str, warnings: list[str]) -> list[dict[str, str]]:
+    """mes_example -> few-shot pairs. A block starts at <START>; a line starting `{{user}}:` (or
+    <USER>:) is the user, `{{char}}:` (<BOT>:, the character's name:) the character; other lines
+    continue the turn above. Turns without a partner are dropped (with a warning)."""
+    names = "|".join(re.escape(n) for n in {char} if n)
+    user = re.compile(r"^\s*(?:\{\{user\}\}|<user>)\s*:\s?", re.IGNORECASE)
+    bot = re.compile(rf"^\s*(?:\{{\{{(?:char|bot)\}}\}}|<bot>|<char>{'|' + names if names else ''})\s*:\s?",
+                     re.IGNORECASE)
+    pairs: list[dict[str, str]] = []
+    dropped = 0
+    for block in _START.split(text):
+        turns: list[list[Any]] = []
+        for line in block.split("\n"):
+            role = "user" if (m := user.match(line)) else "assistant" if (m := bot.match(line)) else None
+            if role is not None and m is not None:
+                if turns and turns[-1][0] == role:
+                    turns[-1][1].append(line[m.end() :])
+                else:
+                    turns.append([role, [line[m.end() :]]])
+            elif turns:
+                turns[-1][1].append(line)
+            elif line.strip():
+                dropped += 1
+        i = 0
+        while i < len(turns):
+            if turns[i][0] == "user" and i + 1 < len(turns):
+                u, a = ("\n".join(turns[i][1]).strip(), "\n".join(turns[i + 1][1]).strip())
+                if u and a:
+                    pairs.append({"user": macros.literal(u, "data.mes_example", char=char),
+                                  "assistant": macros.literal(a, "data.mes_example", char=char)})
+                i += 2
+            else:
+                dropped += 1
+                i += 1
+    if dropped:
+        warnings.append(f"mes_example: {dropped} line(s) or turn(s) without a user/character partner were left out")
+    return pairs
+
+
+def examples_text(persona: Persona) -> str:
+    return "\n".join(f"<START>\n{{{{user}}}}: {ex.user}\n{{{{char}}}}: {ex.assistant}" for ex in persona.examples)
+
+
+def _depth_prompt_entry(ext: dict[str, Any], macros: MacroMap) -> dict[str, Any] | None:
+    """SillyTavern's character note (extensions.depth_prompt) as a constant lorebook entry."""
+    note = ext.get("depth_prompt")
+    if not isinstance(note, dict) or not isinstance(note.get("prompt"), str) or not note["prompt"].strip():
+        return None
+    depth, role = note.get("depth", 4), note.get("role", "system")
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 1000 or role not in ROLES:
+        return None
+    del ext["depth_prompt"]
+    return {"id": DEPTH_PROMPT_ID, "comment": "SillyTavern character note", "constant": True,
+            "content": macros.template(_lines(note["prompt"]), "data.extensions.depth_prompt.prompt"),
+            "position": "at_depth", "depth": depth, "role": role}
+
+
+def persona_from_card(
+    spec: str, data: CardData, persona_id: str, assets: AssetPlan, *, keep_unknown: bool, warnings: list[str]
+) -> dict[str, Any]:
+    """The persona file's fields for a card (validated by the caller, like any persona file)."""
+    macros = MacroMap(keep_unknown, {k: _lines(getattr(data, k)) for k in ("description", "personality", "scenario")})
+    ext = dict(data.extensions)
+    ours = ext.pop(OURS, None)
+    ours = ours if isinstance(ours, dict) else {}
+    nickname = data.nickname or (ours.get("nickname") if isinstance(ours.get("nickname"), str) else "")
+    char = nickname or data.name
+
+    def template(field: str, text: str, original: str = "") -> str:
+        return macros.template(_lines(text), f"data.{field}", original=original)
+
+    name = data.name.strip()
+    if len(name) > NAME_LIMIT:
+        warnings.append(f"name cut to {NAME_LIMIT} characters")
+        name = name[:NAME_LIMIT].strip()
+    version = data.character_version.strip() or "1"
+    if len(version) > VERSION_LIMIT:
+        warnings.append(f"character_version cut to {VERSION_LIMIT} characters")
+        version = version[:VERSION_LIMIT]
+    group = data.group_only_greetings or [g for g in ours.get("group_only_greetings", []) if isinstance(g, str)]
+    persona: dict[str, Any] = {
+        "id": persona_id,
+        "name": name,
+        "description": _lines(data.creator_notes),
+        "version": version,
+        "system_prompt": template("system_prompt", data.system_prompt, DEFAULT_CARD_SYSTEM_PROMPT).strip()
+        or DEFAULT_CARD_SYSTEM_PROMPT,
+        "nickname": nickname or None,
+        "character": {k: template(k, getattr(data, k)) for k in ("description", "personality", "scenario")},
+        "greeting": template("first_mes", data.first_mes) or None,
+        "alternate_greetings": [
+            template(f"alternate_greetings.{i}", g) for i, g in enumerate(data.alternate_greetings)
+        ],
+        "group_greetings": [template(f"group_only_greetings.{i}", g) for i, g in enumerate(group)],
+        "examples": parse_examples(_lines(data.mes_example), macros, char, warnings),
+        "post_history_instructions": template("post_history_instructions", data.post_history_instructions).strip()
+        or None,
+        "greeting_in_prompt": True,  # SillyTavern: the greeting is the chat's first message
+        "identity": {"name": name, "avatar_path": assets.avatar_path, "avatar_url": assets.avatar_url},
+    }
+    book = (book_from_card(data.character_book, macros, char, "data.character_book", warnings)
+            if data.character_book else None)
+    note = _depth_prompt_entry(ext, macros)
+    if note is not None and not (book and any(e.get("id") == DEPTH_PROMPT_ID for e in book["entries"])):
+        book = book or {"entries": []}
+        book["entries"].append(note)
+    persona["lorebook"] = book
+    persona.update({k: ours[k] for k in SAFE_EXTRAS if k in ours})
+    persona["card"] = {
+        "spec": spec, "creator": data.creator, "tags": data.tags, "source": data.source,
+        "creation_date": data.creation_date, "modification_date": data.modification_date,
+        "creator_notes_multilingual": data.creator_notes_multilingual, "assets": assets.entries, "extensions": ext,
+    }
+    return persona
+
+
+def _merged_book(persona: Persona) -> tuple[Lorebook | None, dict[str, Any] | None]:
+    """All the persona's lorebooks as one card book (ids kept, renamed on clashes), and the
+    SillyTavern character note taken out of it."""
+    sources = persona.lore_sources
+    if not sources:
+        return None, None
+    entries: list[Any] = []
+    seen: set[str] = set()
+    note: dict[str, Any] | None = None
+    for source in sources:
+        for entry in source.book.entries:
+            if source.ref == "persona" and entry.id == DEPTH_PROMPT_ID and note is None:
+                note = {"prompt": to_card_text(entry.content), "depth": entry.depth, "role": entry.role}
+                continue
+            if entry.id is not None and str(entry.id) in seen:
+                entry = entry.model_copy(update={"id": f"{source.ref}-{entry.id}"})
+            seen.add(str(entry.id))
+            entries.append(entry)
+    first = sources[0].book
+    merged = first.model_copy(update={"entries": tuple(entries)})
+    # A book made only to hold the character note (nothing else in it) goes back to being just the note.
+    holder = not entries and note is not None and merged == Lorebook()
+    return (None if holder else merged), note
+
+
+def _extras(persona: Persona) -> dict[str, Any]:
+    extras: dict[str, Any] = {"greeting_in_prompt": persona.greeting_in_prompt}
+    for name in ("generation", "memory", "speakers"):
+        value = getattr(persona, name).model_dump(mode="json", exclude_defaults=True)
+        if value:
+            extras[name] = value
+    if persona.greeting_pick != "first":
+        extras["greeting_pick"] = persona.greeting_pick
+    return extras
+
+
+def card_from_persona(persona: Persona, *, v3: bool, assets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The card JSON for `persona`. `assets`: the V3 assets, their local files already turned into
+    URIs a card can carry (data URLs, or ccdefault: for a PNG export's own icon)."""
+    info = persona.card
+    extras = _extras(persona)
+    book, note = _merged_book(persona)
+    extensions = dict(info.extensions) if info else {}
+    if note is not None:
+        extensions["depth_prompt"] = note
+    if not v3:
+        if persona.nickname:
+            extras["nickname"] = persona.nickname
+        if persona.group_greetings:
+            extras["group_only_greetings"] = [to_card_text(g) for g in persona.group_greetings]
+    extensions[OURS] = extras
+    data: dict[str, Any] = {
+        "name": persona.name,
+        "description": to_card_text(persona.character.description),
+        "personality": to_card_text(persona.character.personality),
+        "scenario": to_card_text(persona.character.scenario),
+        "first_mes": to_card_text(persona.greeting or ""),
+        "mes_example": examples_text(persona),
+        "creator_notes": persona.description,
+        "system_prompt": "" if persona.system_prompt == DEFAULT_CARD_SYSTEM_PROMPT
+        else to_card_text(persona.system_prompt),
+        "post_history_instructions": to_card_text(persona.post_history_instructions or ""),
+        "alternate_greetings": [to_card_text(g) for g in persona.alternate_greetings],
+        "tags": list(info.tags) if info else [],
+        "creator": info.creator if info else "",
+        "character_version": persona.version,
+        "extensions": extensions,
+    }
+    if book is not None:
+        data["character_book"] = book_to_card(book, v3=v3)
+    if not v3:
+        return {"spec": SPEC_V2, "spec_version": "2.0", "data": data}
+    data["nickname"] = persona.nickname or ""
+    data["group_only_greetings"] = [to_card_text(g) for g in persona.group_greetings]
+    data["assets"] = assets
+    if info:
+        data["source"] = list(info.source)
+        if info.creator_notes_multilingual:
+            data["creator_notes_multilingual"] = dict(info.creator_notes_multilingual)
+        for name in ("creation_date", "modification_date"):
+            if getattr(info, name) is not None:
+                data[name] = getattr(info, name)
+    return {"spec": SPEC_V3, "spec_version": "3.0", "data": data}
+
+
+def data_url(ext: str, blob: bytes) -> str:
+    import base64
+
+    return f"data:{MIME.get(ext.lower(), 'application/octet-stream')};base64,{base64.b64encode(blob).decode()}"
+
+
+def check_spec_version(card: dict[str, Any], spec: str, warnings: list[str]) -> None:
+    version = card.get("spec_version")
+    try:
+        number = float(version) if isinstance(version, str | int | float) else None
+    except ValueError:
+        number = None
+    if spec == SPEC_V3 and number is not None and number >= 4.0:
+        warnings.append(f"spec_version {version}: newer than this bot knows (3.0); new features may be ignored")
+    if spec in (SPEC_V2, SPEC_V3) and version is not None and number is None:
+        raise CardFormatError(f"spec_version {str(version)[:20]!r} is not a number", field="spec_version")

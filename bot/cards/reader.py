@@ -1,0 +1,111 @@
+"""Read a card file (JSON, PNG or CHARX) into its JSON object, within the limits.
+
+The format is told by the bytes, not the file name: a PNG signature, a zip signature, else JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.cards import png
+from bot.cards.charx import CharxArchive, is_zip
+from bot.cards.errors import CardError, CardFormatError, CardLimitError
+from bot.cards.limits import MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSON_NODES
+
+
+@dataclass
+class CardFile:
+    """A card's JSON object and where its embedded assets can be read from."""
+
+    card: dict[str, Any]
+    kind: str  # "json", "png" or "charx"
+    #: PNG cards: the image without its card chunks (the default icon).
+    image: bytes | None = None
+    #: PNG cards: `chara-ext-asset_:PATH` chunks (base64), reachable as `__asset:PATH`.
+    png_assets: dict[str, bytes] = field(default_factory=dict)
+    charx: CharxArchive | None = None
+
+
+def check_shape(value: Any, what: str = "card") -> None:
+    """Nesting depth and node count of parsed JSON, walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_JSON_NODES:
+            raise CardLimitError(f"{what} JSON has more than {MAX_JSON_NODES} values")
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise CardLimitError(f"{what} JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def decode_json(raw: bytes, what: str = "card") -> dict[str, Any]:
+    if len(raw) > MAX_JSON_BYTES:
+        raise CardLimitError(f"{what} JSON is {len(raw)} bytes (limit {MAX_JSON_BYTES})")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CardFormatError(f"{what} JSON is not UTF-8 text: {exc}") from exc
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:
+        raise CardLimitError(f"{what} JSON nested deeper than {MAX_JSON_DEPTH} levels") from exc
+    except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
+        raise CardFormatError(f"malformed {what} JSON: {exc}") from exc
+    check_shape(value, what)
+    if not isinstance(value, dict):
+        raise CardFormatError(f"{what} JSON must be an object, not {type(value).__name__}")
+    return value
+
+
+def b64decode(text: bytes | str, what: str, limit: int) -> bytes:
+    """Strict base64 (whitespace allowed, nothing else), refused before decoding when too large."""
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else text
+    raw = b"".join(raw.split())
+    if len(raw) // 4 * 3 > limit:
+        raise CardLimitError(f"{what} is over {limit} bytes")
+    try:
+        return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CardFormatError(f"{what} is not valid base64: {exc}") from exc
+
+
+def parse_card_bytes(data: bytes) -> CardFile:
+    if png.is_png(data):
+        chunks = png.read_chunks(data)
+        texts = png.card_texts(chunks)
+        payload = texts.get("ccv3") or texts.get("chara")  # V3 wins when both are there (spec)
+        if payload is None:
+            raise CardFormatError("PNG without a character card (no `chara` or `ccv3` tEXt chunk)")
+        keyword = "ccv3" if "ccv3" in texts else "chara"
+        card = decode_json(b64decode(payload, f"the `{keyword}` chunk", MAX_JSON_BYTES))
+        assets = {k.removeprefix(png.ASSET_PREFIX): v for k, v in texts.items() if k.startswith(png.ASSET_PREFIX)}
+        return CardFile(card, "png", image=png.without_card(data), png_assets=assets)
+    if is_zip(data):
+        archive = CharxArchive(data)
+        return CardFile(decode_json(archive.card_json(), "card.json"), "charx", charx=archive)
+    return CardFile(decode_json(data), "json")
+
+
+def read_card_file(path: Path) -> CardFile:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CardLimitError(f"file is {size} bytes (limit {MAX_FILE_BYTES})", source=path)
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise CardFormatError(f"cannot read: {exc}", source=path) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise CardLimitError(f"file is over {MAX_FILE_BYTES} bytes", source=path)
+    try:
+        return parse_card_bytes(data)
+    except CardError as exc:
+        raise exc.at(path) from exc.__cause__

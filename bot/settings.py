@@ -122,7 +122,7 @@ class RefineSettings(BaseModel):
     tuning_conversations: int = Field(
         default=500, ge=10, description="Conversations at which the confidence sequence is tightest."
     )
-    min_conversations: int = Field(default=10, ge=1, description="Rated conversations per arm before deciding.")
+    min_conversations: int = Field(default=30, ge=1, description="Rated conversations per arm before deciding.")
     max_days: float = Field(default=14.0, gt=0, description="An undecided canary ends (inconclusive) after this.")
     max_length_ratio: float = Field(default=2.0, gt=1, description="Guardrail: canary/control median reply length.")
     approve: bool = Field(default=False, description="Wait for `refine promote` instead of promoting automatically.")

@@ -25,6 +25,7 @@ from bot.domain.stats import (
     mixture_margin,
     msprt_p_value,
     ratio_estimate,
+    ratio_from_sums,
     two_proportion_test,
     weighted_mean_interval,
 )
@@ -115,10 +116,7 @@ def _peek(rng: random.Random, p_a: float, p_b: float, units: int, share: float) 
 
 
 def _from_sums(s: list[float]) -> RatioEstimate:
-    n, sx, sy, sxx, syy, sxy = s
-    r, mx, my = sx / sy, sx / n, sy / n
-    vxx, vyy, vxy = (sxx - n * mx * mx) / (n - 1), (syy - n * my * my) / (n - 1), (sxy - n * mx * my) / (n - 1)
-    return RatioEstimate(r, max(0.0, (vxx - 2 * r * vxy + r * r * vyy) / (n * my * my)), int(n), sx, sy)
+    return ratio_from_sums(int(s[0]), *s[1:])
 
 
 def test_from_sums_matches_ratio_estimate() -> None:

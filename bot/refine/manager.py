@@ -44,7 +44,7 @@ class ExperimentPolicy:
     fraction: float = 0.1
     alpha: float = 0.05
     n_opt: float = 500.0
-    min_units: int = 10
+    min_units: int = 30
     max_days: float = 14.0
     max_length_ratio: float = 2.0
     approve: bool = False

@@ -44,10 +44,11 @@ ALPHA, N_OPT, MIN_UNITS, FRACTION = 0.05, 500.0, 30, 0.1
 
 
 class Arm:
-    __slots__ = ("n", "sx", "sy", "sxx", "syy", "sxy", "ups", "ratings")
+    __slots__ = ("n", "ratings", "sx", "sxx", "sxy", "sy", "syy", "ups")
 
     def __init__(self) -> None:
-        self.n, self.sx, self.sy, self.sxx, self.syy, self.sxy, self.ups, self.ratings = 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0
+        self.n = self.ups = self.ratings = 0
+        self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
 
     def rate(self, before: tuple[int, int], up: bool) -> tuple[int, int]:
         """One more rating in a conversation that had (ups, ratings) = before in this arm."""

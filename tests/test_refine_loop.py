@@ -7,6 +7,7 @@ The model is bot.refine.sim's prompt-following toy (the test is about the loop, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -29,6 +30,7 @@ from bot.refine.pipeline import Refiner
 from bot.refine.proposers.fewshot import FewShotProposer
 from bot.refine.proposers.rewrite import RewriteProposer
 from bot.refine.sim import ReflectiveOptimizer, SimProvider, TasteJudge, Users, traits_in
+from bot.refine.watcher import RefineWatcher, check_all
 from bot.settings import RefineSettings, Settings
 from tests.conftest import free_port
 
@@ -254,7 +256,8 @@ async def test_status_shows_in_feedback_report_and_discord_summary(runtime: Runt
     manager = manager_for(runtime)
     await manager.start("helper", report, next(c for c in candidates if c.id == report.winner))
     await traffic(runtime, users, rng, range(100, 110))
-    await manager.check("helper", apply=True)
+    decisions = await check_all(manager)  # what the bot's watcher (and `status --apply`) runs
+    assert decisions["helper"].action == "continue"  # type: ignore[union-attr]
     feedback = await build_report(runtime.feedback, persona_id="helper", refine=RedisRefineStore(runtime.redis))
     text = feedback.render_text()
     assert f"canary {report.winner}" in text and "burn-in" in text
@@ -296,3 +299,29 @@ async def test_persona_file_edits_are_validated_atomic_and_refuse_concurrent_cha
 def test_next_version() -> None:
     assert [next_version(v) for v in ("1.0", "2", "1.9", "beta", "v3-rc1")] == ["1.1", "3", "1.10", "beta.1",
                                                                                  "v3-rc2"]
+
+
+async def test_the_watcher_survives_a_failing_tick() -> None:
+    """A tick that raises is logged and the next tick runs: the task never dies of it."""
+    second = asyncio.Event()
+
+    class Flaky:
+        calls = 0
+
+        async def running(self) -> list[object]:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("Redis hiccup")
+            second.set()
+            return []
+
+    class Manager:
+        store = Flaky()
+
+    watcher = RefineWatcher(Manager(), 0.001)  # type: ignore[arg-type]
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(second.wait(), timeout=5)
+    finally:
+        task.cancel()
+    assert (Flaky.calls >= 2 and not task.done()) or task.cancelled()

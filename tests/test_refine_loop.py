@@ -22,7 +22,7 @@ from bot.domain.persona import Persona
 from bot.errors import PersonaFileError
 from bot.models.scripted import ScriptedChatModel
 from bot.refine import Candidate, Change, ExperimentManager, ExperimentPolicy, GateRejected, RedisRefineStore
-from bot.refine.errors import OptimizerError, PersonaFileChanged
+from bot.refine.errors import ExperimentError, OptimizerError, PersonaFileChanged
 from bot.refine.evaluation import Replayer, Scorer
 from bot.refine.models import optimizer_model
 from bot.refine.personafile import add_canary, next_version
@@ -325,3 +325,49 @@ async def test_the_watcher_survives_a_failing_tick() -> None:
     finally:
         task.cancel()
     assert (Flaky.calls >= 2 and not task.done()) or task.cancelled()
+
+
+def test_examples_of_a_removed_variant_are_told_apart_from_history() -> None:
+    from bot.domain.feedback import ReplyRecord
+    from bot.refine.dataset import shared_examples, split_prompt
+
+    persona = Persona(id="p", name="P", system_prompt="Be P.")
+
+    def record(conversation: str, turns: list[tuple[str, str]]) -> ReplyRecord:
+        messages = [{"role": "system", "content": "Be P."}]
+        for role, text in turns:
+            messages.append({"role": role, "content": text})
+        return ReplyRecord("r" + conversation, conversation, "u", "p", "1", "m", "scripted", None, {}, messages,
+                           "reply", 0.1, None, 1, 1, "h", variant="refine-gone")
+
+    shots = [("user", "Hi"), ("assistant", "Hello!")]
+    a = record("a", [*shots, ("user", "one"), ("assistant", "1"), ("user", "two")])
+    b = record("b", [*shots, ("user", "three")])
+    assert shared_examples([a, b]) == 2
+    assert shared_examples([a]) == 0  # one conversation: cannot tell examples from its history
+    history, text = split_prompt(a, persona, 2) or ((), "")
+    assert [m.content for m in history] == ["one", "1"] and text == "two"
+
+
+async def test_approval_mode_waits_for_a_person(runtime: Runtime, personas_dir: Path) -> None:
+    rng, users, provider = random.Random(7), Users(), SimProvider()
+    await traffic(runtime, users, rng, range(40))
+    refiner = refiner_for(runtime, provider, TasteJudge(users=users))
+    dataset = await refiner.dataset("helper")
+    candidates = await refiner.propose("helper", dataset, [RewriteProposer(ReflectiveOptimizer(), candidates=3)])
+    report = await refiner.evaluate("helper", dataset, candidates)
+    assert report.winner
+    manager = manager_for(runtime, approve=True)
+    await manager.start("helper", report, next(c for c in candidates if c.id == report.winner))
+    with pytest.raises(ExperimentError, match="not won yet"):
+        await manager.promote("helper")
+    action, _ = await decide_live(runtime, manager, users, rng, 1000)
+    assert action == "await_approval"
+    canary_file = (personas_dir / "helper.yaml").read_text()
+    assert report.winner in canary_file  # nothing promoted yet
+    assert (await manager.check("helper", apply=True)).action == "await_approval"  # and no second journal entry
+    kinds = [e.kind for e in await RedisRefineStore(runtime.redis).entries("helper")]
+    assert kinds.count("awaiting_approval") == 1
+    promoted = await manager.promote("helper")
+    assert promoted.version == "1.1" and promoted.variants == ()
+    assert "v1.0 -> v1.1: refine canary" in (personas_dir / "helper.yaml").read_text()

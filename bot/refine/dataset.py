@@ -23,7 +23,7 @@ from bot.domain.feedback import RatedReply, ReplyRecord
 from bot.domain.messages import ChatMessage, Role
 from bot.domain.persona import Persona
 from bot.domain.prompt import example_messages
-from bot.domain.variants import unit_hash
+from bot.domain.variants import DEFAULT_VARIANT, unit_hash
 from bot.evals.cases import EvalCase
 from bot.ports import FeedbackLog
 
@@ -153,12 +153,31 @@ def _messages(record: ReplyRecord) -> list[ChatMessage]:
             if m.get("role") in roles]
 
 
-def split_prompt(record: ReplyRecord, persona: Persona) -> tuple[tuple[ChatMessage, ...], str] | None:
-    """(remembered turns, the user's message) of a recorded prompt: the system prompt and the
-    few-shot examples (those of the record's variant, when still defined) are stripped."""
+def _turns(record: ReplyRecord) -> list[ChatMessage]:
     messages = _messages(record)
-    if messages and messages[0].role == "system":
-        messages = messages[1:]
+    return messages[1:] if messages and messages[0].role == "system" else messages
+
+
+def shared_examples(records: Sequence[ReplyRecord]) -> int:
+    """How many leading messages every prompt of these records shares, in whole user/assistant
+    pairs, when they come from at least two conversations: the few-shot examples of a variant
+    that is gone from the persona file (a rolled-back canary). 0 when it cannot be told."""
+    if len({r.conversation_id for r in records}) < 2:
+        return 0
+    prompts = [_turns(r) for r in records]
+    shortest = min(len(p) for p in prompts) - 1  # the last message is always the user's own
+    shared = 0
+    while shared + 2 <= shortest and all(p[shared : shared + 2] == prompts[0][shared : shared + 2] for p in prompts):
+        shared += 2
+    return shared
+
+
+def split_prompt(record: ReplyRecord, persona: Persona, unknown_examples: int = 0
+                 ) -> tuple[tuple[ChatMessage, ...], str] | None:
+    """(remembered turns, the user's message) of a recorded prompt: the system prompt and the
+    few-shot examples are stripped — those of the record's variant when the persona still defines
+    it, else `unknown_examples` leading messages (see shared_examples)."""
+    messages = _turns(record)
     if not messages or messages[-1].role != "user":
         return None
     known = [persona]
@@ -169,6 +188,9 @@ def split_prompt(record: ReplyRecord, persona: Persona) -> tuple[tuple[ChatMessa
         if shots and messages[: len(shots)] == shots:
             messages = messages[len(shots) :]
             break
+    else:
+        if record.variant not in {v.id for v in persona.variants} and 0 < unknown_examples < len(messages):
+            messages = messages[unknown_examples:]
     return tuple(messages[:-1]), messages[-1].content
 
 
@@ -224,10 +246,17 @@ async def build_dataset(
     notes: list[str] = []
     next_user = await _next_messages(log, rated, scan_limit)
     splits = split_of([r.record.conversation_id for r in rated], validation_fraction, seed)
+    by_variant: dict[str, list[ReplyRecord]] = defaultdict(list)
+    for r in rated:
+        by_variant[r.record.variant].append(r.record)
+    # Variants gone from the file (a rolled-back canary with its own examples); "default" and refine's
+    # "control" serve the persona's own examples, so their shared openings are real conversation.
+    unknown = {v: shared_examples(records) for v, records in by_variant.items()
+               if v not in {x.id for x in persona.variants} | {DEFAULT_VARIANT, "control"}}
     items: list[ReplayItem] = []
     skipped = 0
     for r in rated:
-        parts = split_prompt(r.record, persona)
+        parts = split_prompt(r.record, persona, unknown.get(r.record.variant, 0))
         if parts is None or not r.record.reply.strip():
             skipped += 1
             continue

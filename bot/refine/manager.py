@@ -23,7 +23,7 @@ from bot.refine.candidates import Candidate
 from bot.refine.errors import ExperimentError, GateRejected
 from bot.refine.experiments import Decision, Experiment, collect, decide
 from bot.refine.gate import GateReport
-from bot.refine.personafile import add_canary, promote_canary, remove_canary
+from bot.refine.personafile import add_canary, next_version, promote_canary, remove_canary
 from bot.refine.store import JournalEntry, RefineStore
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,9 @@ class ExperimentManager:
 
     async def _promote(self, experiment: Experiment, reason: str, numbers: dict[str, object], *, by: str) -> Persona:
         pid, path = experiment.persona_id, Path(experiment.persona_file)
-        note = (f"v{experiment.parent_version} -> next version: refine canary {experiment.canary} "
-                f"({experiment.candidate.get('proposer')}) promoted by {by} on {_day(time.time())}")
+        old, new = experiment.parent_version, next_version(experiment.parent_version)
+        note = (f"v{old} -> v{new}: refine canary {experiment.canary} ({experiment.candidate.get('proposer')}) "
+                f"promoted by {by} on {_day(time.time())}")
         try:
             persona, old_text = promote_canary(path, experiment.canary, experiment.added_control, note=note)
         except ExperimentError as exc:  # the canary is gone from the file: nothing to promote

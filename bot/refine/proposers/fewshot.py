@@ -43,7 +43,10 @@ class FewShotProposer:
     name = "few-shot"
 
     def __init__(self, scorer: Scorer, *, max_examples: int = 3, pool: int = 6, max_items: int = 8,
-                 max_evaluations: int = 12) -> None:
+                 max_evaluations: int = 12, keep_ties: bool = False) -> None:
+        #: Propose the best first example even when it only ties the current examples on the train
+        #: conversations (a weak judge often cannot tell): the gate's held-out replay then decides.
+        self.keep_ties = keep_ties
         self.scorer = scorer
         self.max_examples = max_examples
         self.pool_size = pool
@@ -81,7 +84,7 @@ class FewShotProposer:
                 trials.append((await self._score(persona, trial, selection), item, trial))
                 evaluations += 1
             score, item, trial = max(trials, key=lambda t: t[0])
-            if score <= best:
+            if score < best or (score == best and (picked or not self.keep_ties)):
                 break
             best, chosen = score, trial
             picked.append(item)

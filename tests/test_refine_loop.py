@@ -371,3 +371,28 @@ async def test_approval_mode_waits_for_a_person(runtime: Runtime, personas_dir: 
     promoted = await manager.promote("helper")
     assert promoted.version == "1.1" and promoted.variants == ()
     assert "v1.0 -> v1.1: refine canary" in (personas_dir / "helper.yaml").read_text()
+
+
+async def test_one_canary_at_a_time_and_a_failed_write_leaves_no_experiment(
+    runtime: Runtime, personas_dir: Path
+) -> None:
+    rng, users, provider = random.Random(7), Users(), SimProvider()
+    await traffic(runtime, users, rng, range(40))
+    refiner = refiner_for(runtime, provider, TasteJudge(users=users))
+    dataset = await refiner.dataset("helper")
+    candidates = await refiner.propose("helper", dataset, [RewriteProposer(ReflectiveOptimizer(), candidates=3)])
+    report = await refiner.evaluate("helper", dataset, candidates)
+    winner = next(c for c in candidates if c.id == report.winner)
+    manager = manager_for(runtime)
+    store = RedisRefineStore(runtime.redis)
+    (personas_dir / "helper.yaml").write_text(PERSONA.replace('version: "1.0"', 'version: "1.0"\nbogus: 1'))
+    with pytest.raises(PersonaFileError):  # the file no longer validates: nothing written, nothing started
+        await manager.start("helper", report, winner)
+    assert await store.experiment("helper") is None
+    (personas_dir / "helper.yaml").write_text(PERSONA)
+    await manager.start("helper", report, winner)
+    with pytest.raises(ExperimentError, match="already has a canary"):
+        await manager.start("helper", report, winner)
+    await manager.rollback("helper", "changed my mind")
+    assert (personas_dir / "helper.yaml").read_text() == PERSONA
+    assert (await store.entries("helper"))[-1].summary.endswith("changed my mind")

@@ -91,8 +91,6 @@ class ExperimentManager:
         if report.version != persona.version or candidate.parent_version != persona.version:
             raise GateRejected(f"the gate ran on {persona_id} v{report.version}; the persona is now "
                                f"v{persona.version}: evaluate again")
-        if await self.store.experiment(persona_id) is not None:
-            raise ExperimentError(f"{persona_id} already has a canary running: promote or roll it back first")
         path, share = self._file(persona_id), self.policy.fraction if fraction is None else fraction
         p = self.policy
         experiment = Experiment(
@@ -101,6 +99,8 @@ class ExperimentManager:
             gate=result.to_dict() | {"validation_items": len(result.validation.items)},
         )
         async with self.store.lock(persona_id):
+            if await self.store.experiment(persona_id) is not None:
+                raise ExperimentError(f"{persona_id} already has a canary running: promote or roll it back first")
             await self.store.save_experiment(experiment)
             note = (f"refine canary {candidate.id}: {candidate.proposer} candidate for v{persona.version}, "
                     f"{share:.0%} of conversations since {_day(experiment.started_at)}; see `python -m bot refine "

@@ -295,14 +295,14 @@ async def part_d(seed: int) -> str:
     # One torch thread: on a shared 2-core machine two threads run small matmuls far slower.
     settings = Settings(data_dir=REPO / ".cache" / "test-data", personas_dir=personas, redis={"url": url},
                         model={"threads": 1},
-                        refine={"check_interval_s": 0, "judge": "persona", "max_eval_items": 4,
+                        refine={"check_interval_s": 0, "judge": "persona", "max_eval_items": 6,
                                 "validation_fraction": 0.3}, _env_file=None)  # type: ignore[call-arg]
     provider = DefaultModelProvider(settings.model, settings.data_dir)
     started = time.perf_counter()
     try:
         async with build_runtime(settings, model_provider=provider) as rt:
             rated = liked = 0
-            for c in range(6):
+            for c in range(8):
                 for t in range(2):
                     question = QUESTIONS[(c * 2 + t) % len(QUESTIONS)]
                     reply = await rt.engine.reply(ChatRequest(f"d{c}", Speaker(f"u{c}", "Sam"), question,
@@ -312,14 +312,14 @@ async def part_d(seed: int) -> str:
                         await rt.engine.rate(reply.reply_id, f"u{c}-{rater}", 1 if up else -1)
                         rated, liked = rated + 1, liked + up
             chat_s = time.perf_counter() - started
-            _progress(f"(d) {rated} ratings on 12 replies in {chat_s:.0f} s")
-            cfg = RefineSettings(judge="persona", max_eval_items=4)
+            _progress(f"(d) {rated} ratings on 16 replies in {chat_s:.0f} s")
+            cfg = RefineSettings(judge="persona", max_eval_items=6)
             judge = judge_for(cfg, provider)
             scorer = Scorer(Replayer(provider, settings.memory), judge)
             refiner = Refiner(rt.feedback, rt.personas, RedisRefineStore(rt.redis), provider, scorer, judge, cfg,
                               personas_dir=personas, data_dir=tmp / "data")
             dataset = await refiner.dataset("captain")
-            proposer = FewShotProposer(scorer, max_examples=2, pool=3, max_items=3, max_evaluations=3, keep_ties=True)
+            proposer = FewShotProposer(scorer, max_examples=2, pool=3, max_items=3, max_evaluations=4, keep_ties=True)
             candidates = await refiner.propose("captain", dataset, [proposer])
             _progress(f"(d) few-shot proposer: {len(candidates)} candidate(s) at {time.perf_counter() - started:.0f} s")
             report = await refiner.evaluate("captain", dataset, candidates) if candidates else None
@@ -330,22 +330,27 @@ async def part_d(seed: int) -> str:
     seconds = time.perf_counter() - started
     s = dataset.summary()
     head = (f"**(d) Real model** (SmolLM2-135M on the CPU, captain persona without its examples, 32 new tokens, "
-            f"one torch thread): 12 replies, {rated} ratings ({liked} 👍); dataset {s['train']['replies']} train / "
+            f"one torch thread): 16 replies, {rated} ratings ({liked} 👍); dataset {s['train']['replies']} train / "
             f"{s['validation']['replies']} validation replies; {seconds:.0f} s in all ({chat_s:.0f} s chatting).")
     if report is None:
         return head + " The few-shot proposer found no example set that beat the persona on the train split.\n"
-    cur = report.current.validation.summary()
-    rows = [f"| current (no examples) | {cur['score']:.3f} [{cur['ci95'][0]:.2f}, {cur['ci95'][1]:.2f}] | – | "  # type: ignore[index]
-            f"{report.current.suite_passed[0]}/{report.current.suite_passed[1]} | {cur['prompt_tokens']:.0f} | – |"]
-    for arm in report.candidates:
+    def row(arm: Any, label: str, lift: str, gate: str) -> str:
         v = arm.validation.summary()
+        items = arm.validation.items
+        decisive = sum(1 for i in items if i.preference.wins not in (0.5,))
+        liked_now = sum(pirate_rater(i.reply) for i in items)
+        return (f"| {label} | {v['score']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] | {lift} | "
+                f"{decisive}/{len(items)} | {liked_now}/{len(items)} | {arm.suite_passed[0]}/{arm.suite_passed[1]} | "
+                f"{v['prompt_tokens']:.0f} | {gate} |")
+
+    rows = [row(report.current, "current (no examples)", "–", "–")]
+    for arm in report.candidates:
         lift = "-" if arm.lift is None else f"{arm.lift[0]:+.3f} [{arm.lift[1]:+.2f}, {arm.lift[2]:+.2f}]"
-        rows.append(f"| {arm.name} (few-shot, {len(candidates[0].change.examples or ())} examples) | "
-                    f"{v['score']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] | {lift} | "  # type: ignore[index]
-                    f"{arm.suite_passed[0]}/{arm.suite_passed[1]} | {v['prompt_tokens']:.0f} | "
-                    f"{'PASS' if arm.passed else 'fail: ' + '; '.join(arm.reasons)} |")
-    return (head + "\n\n| arm | validation judge score [95% CI] | lift | suite | prompt tokens | gate |\n"
-            "|---|---:|---:|---:|---:|---|\n" + "\n".join(rows) + "\n")
+        gate = "PASS" if arm.passed else "fail: " + "; ".join(arm.reasons)
+        rows.append(row(arm, f"{arm.name} (few-shot, {len(candidates[0].change.examples or ())} examples)", lift, gate))
+    return (head + "\n\n| arm | validation judge score [95% CI] | lift | decisive judgements | replies the simulated "
+            "raters' rule likes | suite | prompt tokens | gate |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def _progress(text: str) -> None:

@@ -396,3 +396,26 @@ async def test_one_canary_at_a_time_and_a_failed_write_leaves_no_experiment(
     await manager.rollback("helper", "changed my mind")
     assert (personas_dir / "helper.yaml").read_text() == PERSONA
     assert (await store.entries("helper"))[-1].summary.endswith("changed my mind")
+
+
+def test_canary_beside_an_existing_ab_test(tmp_path: Path) -> None:
+    from bot.personas.loader import load_persona_file
+    from bot.refine.personafile import promote_canary, remove_canary
+
+    text = PERSONA + ("variants:\n  - {id: a, weight: 3}  # the running A/B test\n"
+                      "  - {id: b, weight: 1, system_prompt: \"Be B.\"}\n")
+    path = tmp_path / "helper.yaml"
+    path.write_text(text)
+    persona = load_persona_file(path)
+    candidate = Candidate.create(persona, Change(examples=({"user": "Hi", "assistant": "Hey!"},)), "hand")  # type: ignore[arg-type]
+    _, added = add_canary(path, candidate, 0.2, note="canary")
+    assert not added  # the existing variants keep their weights; the canary gets 20 % of the total
+    loaded = load_persona_file(path)
+    assert [(v.id, v.weight) for v in loaded.variants] == [("a", 3.0), ("b", 1.0), (candidate.id, 1.0)]
+    assert loaded.with_variant(candidate.id).examples[0].assistant == "Hey!"
+    remove_canary(path, candidate.id, added)
+    assert path.read_text() == text  # byte for byte, comments included
+    add_canary(path, candidate, 0.2, note="canary")
+    promoted, _ = promote_canary(path, candidate.id, False, note="promoted")
+    assert promoted.version == "1.1" and promoted.examples[0].assistant == "Hey!"
+    assert [v.id for v in promoted.variants] == ["a", "b"] and "# the running A/B test" in path.read_text()

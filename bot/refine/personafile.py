@@ -155,9 +155,8 @@ def add_canary(path: Path, candidate: Candidate, fraction: float, *, note: str) 
     if added_control:
         if doc.variant_index(CONTROL) is not None:
             raise ExperimentError(f"{path} has a switched-off variant named {CONTROL!r}; rename or remove it")
-        variants = CommentedSeq()
-        control = CommentedMap([("id", CONTROL), ("weight", round(100 * (1 - fraction), 4))])
-        variants.append(control)
+        # Switched-off variants (weight 0) stay as they are; `control` serves the rest of the traffic.
+        variants.append(CommentedMap([("id", CONTROL), ("weight", round(100 * (1 - fraction), 4))]))
         canary_weight = round(100 * fraction, 4)
     else:
         canary_weight = round(active * fraction / (1 - fraction), 4)
@@ -165,7 +164,7 @@ def add_canary(path: Path, candidate: Candidate, fraction: float, *, note: str) 
     for key, value in candidate.change.overrides().items():
         canary[key] = _plain(value)
     variants.append(canary)
-    if "variants" not in doc.data or added_control:
+    if not isinstance(doc.data.get("variants"), CommentedSeq):
         doc.data["variants"] = variants
     variants.yaml_set_comment_before_after_key(len(variants) - 1, before=note, indent=_item_indent(doc))
     return doc.write(), added_control

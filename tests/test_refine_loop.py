@@ -261,7 +261,11 @@ async def test_status_shows_in_feedback_report_and_discord_summary(runtime: Runt
     feedback = await build_report(runtime.feedback, persona_id="helper", refine=RedisRefineStore(runtime.redis))
     text = feedback.render_text()
     assert f"canary {report.winner}" in text and "burn-in" in text
-    assert "Refinement" in render_html(feedback)
+    from bot.refine.pipeline import latest_gate_html
+
+    gates = latest_gate_html(runtime.settings.data_dir, [r.persona for r in feedback.refine])
+    page = render_html(feedback, gate_html=gates)
+    assert "Refinement" in page and "Offline gate: helper v1.0" in page and report.winner in page
     assert json.loads(feedback.to_json())["refine"][0]["experiment"]["canary"] == report.winner
     summary = await feedback_text(runtime.feedback, runtime.personas.get("helper"))
     assert f"canary {report.winner}" in summary and len(summary) <= 1900

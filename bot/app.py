@@ -23,6 +23,7 @@ from bot.models.provider import DefaultModelProvider
 from bot.personas.registry import FilePersonaRegistry
 from bot.ports import DiscordState, ModelProvider
 from bot.redis_conn import EmbeddedRedis, RedisHandle
+from bot.refine.watcher import refine_watcher
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,12 @@ async def build_runtime(
         engine = ChatEngine(
             personas, memory, feedback, provider, settings.memory, default_persona=settings.default_persona
         )
+        # Refine's automatic decisions on running canaries (a supervised periodic task; bot.refine.watcher).
+        watcher = refine_watcher(settings.refine, redis, feedback, personas, settings.data_dir,
+                                 on_written=personas.reload)
         try:
-            yield Runtime(settings, redis, personas, provider, memory, feedback, engine)
+            async with watcher:
+                yield Runtime(settings, redis, personas, provider, memory, feedback, engine)
         finally:
             if model_provider is None and isinstance(provider, DefaultModelProvider):
                 provider.close()  # only what this root created; a passed-in provider is the caller's

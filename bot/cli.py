@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bot.cli_cards import export_command, import_command, import_lorebook_command
 from bot.cli_feedback import eval_command, feedback_app
+from bot.cli_refine import refine_app
 from bot.cli_train import train_app
 from bot.errors import BotError
 from bot.settings import Settings
@@ -29,6 +30,7 @@ personas_app.command("import-lorebook")(import_lorebook_command)
 app.add_typer(feedback_app, name="feedback")
 app.command("eval")(eval_command)
 app.add_typer(train_app, name="train")
+app.add_typer(refine_app, name="refine")
 
 err = Console(stderr=True)
 

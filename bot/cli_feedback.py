@@ -61,12 +61,18 @@ def feedback_report(
     async def main() -> Any:
         async with connect_redis(cfg) as redis:
             log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            return await build_report(log, persona_id=persona, since=start, sample=sample)
+            from bot.refine.store import RedisRefineStore
+
+            return await build_report(log, persona_id=persona, since=start, sample=sample,
+                                      refine=RedisRefineStore(redis))
 
     report = run_async(main())
     typer.echo(report.to_json() if as_json else report.render_text())
     if html is not None:
-        html.write_text(render_html(report), encoding="utf-8")
+        from bot.refine.pipeline import latest_gate_html
+
+        gates = latest_gate_html(cfg.data_dir, [r.persona for r in report.refine])
+        html.write_text(render_html(report, gate_html=gates), encoding="utf-8")
         _echo_err(f"wrote {html}")
 
 

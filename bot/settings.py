@@ -134,6 +134,39 @@ class DiscordSettings(BaseModel):
         return self
 
 
+class RefineSettings(BaseModel):
+    optimizer_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible server of the optimiser model (unset: the local model)."
+    )
+    optimizer_model: str = Field(default="gpt-4o-mini", description="Optimiser model name on that server.")
+    optimizer_api_key: SecretStr = Field(default=SecretStr("not-needed"), description="API key of that server.")
+    optimizer_timeout: float = Field(default=120.0, gt=0, description="Seconds before an optimiser call fails.")
+    judge: Literal["optimizer", "persona"] = Field(
+        default="optimizer", description="Pairwise judge: the optimiser model, or the persona's own model."
+    )
+    validation_fraction: float = Field(default=0.3, gt=0, lt=1, description="Conversations held out to validate.")
+    min_rated: int = Field(default=4, ge=1, description="Rated replies a dataset needs at least.")
+    max_eval_items: int = Field(default=24, ge=0, description="Validation replies replayed per arm (0: all).")
+    min_lift: float = Field(default=0.0, ge=-1, le=1, description="Gate: judge-score lift a candidate must beat.")
+    rewrite_candidates: int = Field(default=2, ge=1, le=8, description="System prompts asked of the optimiser.")
+    max_prompt_chars: int = Field(default=4000, ge=100, description="Longest system prompt accepted from it.")
+    fewshot_max_examples: int = Field(default=3, ge=1, le=16, description="Few-shot proposer: examples added.")
+    fewshot_evaluations: int = Field(default=12, ge=1, description="Few-shot proposer: example sets scored.")
+    canary_fraction: float = Field(default=0.1, gt=0, lt=1, description="Share of conversations a canary gets.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="False decision rate of the sequential test.")
+    tuning_conversations: int = Field(
+        default=500, ge=10, description="Conversations at which the confidence sequence is tightest."
+    )
+    min_conversations: int = Field(default=30, ge=1, description="Rated conversations per arm before deciding.")
+    max_days: float = Field(default=14.0, gt=0, description="An undecided canary ends (inconclusive) after this.")
+    max_length_ratio: float = Field(default=2.0, gt=1, description="Guardrail: canary/control median reply length.")
+    approve: bool = Field(default=False, description="Wait for `refine promote` instead of promoting automatically.")
+    check_interval_s: float = Field(
+        default=300.0, ge=0, description="The running bot checks experiments this often (0: never; use cron)."
+    )
+    scan_limit: int = Field(default=20_000, ge=0, description="Reply records read per experiment check.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BOT_",
@@ -152,6 +185,7 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    refine: RefineSettings = Field(default_factory=RefineSettings)
 
 
 def setting_rows(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> list[tuple[str, str, str]]:

@@ -291,7 +291,7 @@ async def test_a_message_sent_while_redis_stalls_is_answered_exactly_once(
             outcome = await answered
             assert outcome.kind == "replied"
             [reply] = [m for m in h.fake.sent_in(h.general) if m.reference_id == int(message["id"])]
-            assert reply.content == "[Ada] You said: during the stall"
+            assert reply.content == "[Ada] You said: alice: during the stall"  # bob spoke first: turns are named
             waiter = h.bot.wait_for("persona_handled", check=lambda m, _: m.id == int(message["id"]), timeout=15)
             await h.fake.reconnect(replay=[("MESSAGE_CREATE", message)])
             assert (await waiter)[1].kind == "duplicate"

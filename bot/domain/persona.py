@@ -108,6 +108,8 @@ class Variant(_Strict):
     #: Only the generation fields to change, e.g. {"temperature": 0.2}; checked against the persona's.
     generation: dict[str, Any] = Field(default_factory=dict)
     adapter: str | None = Field(default=None, min_length=1)
+    #: Replaces the persona's few-shot examples (an empty list: none); unset keeps the persona's.
+    examples: tuple[Example, ...] | None = None
 
     @field_validator("system_prompt")
     @classmethod
@@ -232,5 +234,6 @@ class Persona(_Strict):
                 "system_prompt": variant.system_prompt or self.system_prompt,
                 "generation": self._merged_generation(variant),
                 "adapter": variant.adapter or self.adapter,
+                "examples": self.examples if variant.examples is None else variant.examples,
             }
         )

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from html import escape
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.domain.stats import Comparison, compare, median, wilson_interval
 from bot.evals.table import percent, render_table
 from bot.ports import FeedbackLog
+
+if TYPE_CHECKING:
+    from bot.refine.store import RefineStore
 
 DEFAULT_SAMPLE = 20_000
 
@@ -129,10 +132,37 @@ class VariantComparison:
 
 
 @dataclass
+class RefineSummary:
+    """A persona's refinement loop in the report: the running experiment and the latest journal."""
+
+    persona: str
+    experiment: dict[str, Any] | None
+    journal: list[dict[str, Any]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        e = self.experiment
+        if e is not None:
+            started = datetime.fromtimestamp(e["started_at"], UTC).strftime("%Y-%m-%d")
+            state = e.get("last", {}).get("reason", "not checked yet")
+            wait = " (waiting for approval)" if e.get("status") == "awaiting_approval" else ""
+            out.append(f"{self.persona}: canary {e['canary']} ({e['candidate'].get('proposer')}) on "
+                       f"{percent(e['fraction'], 0)} of v{e['parent_version']} since {started}{wait}: {state}")
+        for entry in self.journal:
+            when = datetime.fromtimestamp(entry["at"], UTC).strftime("%Y-%m-%d %H:%M")
+            out.append(f"{self.persona} {when} {entry['kind']}: {entry['summary']}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"persona": self.persona, "experiment": self.experiment, "journal": self.journal}
+
+
+@dataclass
 class FeedbackReport:
     groups: list[GroupReport]
     since: date | None = None
     generated_at: float = 0.0
+    refine: list[RefineSummary] = field(default_factory=list)
 
     def comparisons(self) -> list[VariantComparison]:
         by_version: dict[tuple[str, str], list[GroupReport]] = {}
@@ -151,6 +181,7 @@ class FeedbackReport:
             "since": self.since.isoformat() if self.since else None,
             "groups": [g.to_dict() for g in self.groups],
             "comparisons": [c.to_dict() for c in self.comparisons()],
+            "refine": [r.to_dict() for r in self.refine],
         }
 
     def to_json(self) -> str:
@@ -164,6 +195,9 @@ class FeedbackReport:
         rows = [_text_row(g) for g in self.groups]
         parts = [render_table(headers, rows, right=(3, 4, 5, 7, 8))]
         parts += [c.sentence() for c in self.comparisons()]
+        refine = [line for r in self.refine for line in r.lines()]
+        if refine:
+            parts.append("Refinement (anytime-valid: safe to read after every rating):\n" + "\n".join(refine))
         if self.since:
             parts.append(f"Replies created since {self.since} (ratings count on the day of the reply).")
         return "\n\n".join(parts)
@@ -177,6 +211,8 @@ class FeedbackReport:
             head = f"**{g.key.persona}** v{g.key.version} · {g.key.variant}"
             lines.append(f"{head}: {c.replies} replies, {c.ratings} ratings, {rate}")
         lines += [c.sentence() for c in self.comparisons()]
+        for r in self.refine:  # the running experiment and the last step only: a message is short
+            lines += r.lines()[: 1 + (r.experiment is not None)]
         text = "\n".join(lines) or "No replies recorded yet."
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -216,6 +252,8 @@ async def build_report(
     since: date | None = None,
     sample: int = DEFAULT_SAMPLE,
     now: datetime | None = None,
+    refine: RefineStore | None = None,
+    journal: int = 5,
 ) -> FeedbackReport:
     """Counters for every persona/version/variant (optionally one persona, replies since a day)."""
     now = now or datetime.now(UTC)
@@ -230,7 +268,20 @@ async def build_report(
             continue
         groups[key] = GroupReport(key, total, daily)
     await _add_medians(log, groups, since, sample)
-    return FeedbackReport([groups[k] for k in sorted(groups)], since, now.timestamp())
+    summaries = await _refine(refine, persona_id, journal) if refine is not None else []
+    return FeedbackReport([groups[k] for k in sorted(groups)], since, now.timestamp(), summaries)
+
+
+async def _refine(store: RefineStore, persona_id: str | None, journal: int) -> list[RefineSummary]:
+    out = []
+    for pid in [persona_id] if persona_id else await store.personas():
+        experiment = await store.experiment(pid)
+        entries = await store.entries(pid, journal)
+        if experiment is None and not entries:
+            continue
+        out.append(RefineSummary(pid, None if experiment is None else experiment.to_dict(),
+                                 [{"at": e.at, "kind": e.kind, "summary": e.summary} for e in entries]))
+    return out
 
 
 async def _add_medians(
@@ -340,6 +391,7 @@ def _svg_chart(report: FeedbackReport, weekly: bool) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse}
 td,th{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:left}td.n{text-align:right}
+pre{background:#f6f6f6;padding:.6rem;overflow-x:auto}
 svg{max-width:100%;height:auto}.grid{stroke:#e5e5e5}.ytick,.xtick{font-size:11px;fill:#666}
 .legend{font-size:12px}.ytick{text-anchor:end}.xtick{text-anchor:middle}.swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem}"""
 
@@ -367,8 +419,9 @@ def _html_row(i: int, group: GroupReport) -> str:
     return _el("tr", "".join(tds))
 
 
-def render_html(report: FeedbackReport, *, weekly: bool | None = None) -> str:
-    """One self-contained page (inline CSS and SVG, no scripts, nothing fetched)."""
+def render_html(report: FeedbackReport, *, weekly: bool | None = None, gate_html: str = "") -> str:
+    """One self-contained page (inline CSS and SVG, no scripts, nothing fetched); `gate_html`, the
+    refine gate's section (bot.refine.gate.GateReport.render_html), is added at the end."""
     days = sorted({date.fromisoformat(d) for g in report.groups for d in g.daily})
     if weekly is None:
         weekly = bool(days) and (days[-1] - days[0]).days > 45  # daily points get too dense
@@ -390,5 +443,15 @@ def render_html(report: FeedbackReport, *, weekly: bool | None = None) -> str:
         _svg_chart(report, weekly),
         _el("p", "Ratings count on the day of the reply they rate. Hover a point for its numbers."),
     ]
-    head = '<meta charset="utf-8">' + _el("title", "Feedback report") + _el("style", _CSS)
-    return "<!doctype html>" + _el("html", _el("head", head) + _el("body", "".join(body)), lang="en")
+    refine = [line for r in report.refine for line in r.lines()]
+    if refine:
+        body += [_el("h2", "Refinement"), _el("ul", "".join(_el("li", escape(line)) for line in refine))]
+    if gate_html:
+        body.append(gate_html)
+    return page("Feedback report", "".join(body))
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page with the report's style around trusted `body` markup."""
+    head = '<meta charset="utf-8">' + _el("title", escape(title)) + _el("style", _CSS)
+    return "<!doctype html>" + _el("html", _el("head", head) + _el("body", body), lang="en")

@@ -9,6 +9,8 @@ from bot.ports import FeedbackLog
 
 async def feedback_text(feedback: FeedbackLog, persona: Persona, *, limit: int = 1900) -> str:
     """What /feedback shows for `persona` (at most `limit` characters)."""
-    report = await build_report(feedback, persona_id=persona.id, sample=0)
+    from bot.refine.store import refine_store_of  # the running canary and the last refine step, for admins
+
+    report = await build_report(feedback, persona_id=persona.id, sample=0, refine=refine_store_of(feedback), journal=1)
     head = f"Ratings of **{persona.name}** (`{persona.id}`):\n"
     return head + report.discord_summary(limit=limit - len(head))

@@ -159,11 +159,12 @@ async def part_a(seed: int, rounds: int = 5, traffic: int = 60, max_live: int = 
     from bot.domain.messages import ChatRequest, Speaker
     from bot.domain.prompt import example_messages
     from bot.redis_conn import EmbeddedRedis
-    from bot.refine import ExperimentManager, ExperimentPolicy, RedisRefineStore
     from bot.refine.evaluation import Replayer, Scorer
+    from bot.refine.manager import ExperimentManager, ExperimentPolicy
     from bot.refine.pipeline import Refiner
     from bot.refine.proposers.fewshot import FewShotProposer
     from bot.refine.proposers.rewrite import RewriteProposer
+    from bot.refine.redis_store import RedisRefineStore
     from bot.refine.sim import ReflectiveOptimizer, SimProvider, TasteJudge, Users, traits_in
     from bot.settings import RefineSettings, Settings
     from tests.conftest import free_port
@@ -273,11 +274,11 @@ async def part_d(seed: int) -> str:
     from bot.domain.messages import ChatRequest, Speaker
     from bot.models.provider import DefaultModelProvider
     from bot.redis_conn import EmbeddedRedis
-    from bot.refine import RedisRefineStore
     from bot.refine.evaluation import Replayer, Scorer
     from bot.refine.models import judge_for
     from bot.refine.pipeline import Refiner
     from bot.refine.proposers.fewshot import FewShotProposer
+    from bot.refine.redis_store import RedisRefineStore
     from bot.settings import RefineSettings, Settings
     from tests.conftest import free_port
 

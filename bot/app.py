@@ -23,6 +23,7 @@ from bot.models.provider import DefaultModelProvider
 from bot.personas.registry import FilePersonaRegistry
 from bot.ports import DiscordState, ModelProvider
 from bot.redis_conn import EmbeddedRedis, RedisHandle
+from bot.refine.redis_store import RedisRefineStore
 from bot.refine.watcher import refine_watcher
 from bot.settings import Settings
 
@@ -38,6 +39,7 @@ class Runtime:
     memory: RedisMemoryStore
     feedback: RedisFeedbackLog
     engine: ChatEngine
+    refine: RedisRefineStore  # running canaries and the refine journal (shown by /feedback)
 
 
 def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
@@ -87,7 +89,7 @@ async def build_runtime(
                                  on_written=personas.reload)
         try:
             async with watcher:
-                yield Runtime(settings, redis, personas, provider, memory, feedback, engine)
+                yield Runtime(settings, redis, personas, provider, memory, feedback, engine, RedisRefineStore(redis))
         finally:
             if model_provider is None and isinstance(provider, DefaultModelProvider):
                 provider.close()  # only what this root created; a passed-in provider is the caller's

@@ -61,7 +61,7 @@ def feedback_report(
     async def main() -> Any:
         async with connect_redis(cfg) as redis:
             log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            from bot.refine.store import RedisRefineStore
+            from bot.refine.redis_store import RedisRefineStore
 
             return await build_report(log, persona_id=persona, since=start, sample=sample,
                                       refine=RedisRefineStore(redis))

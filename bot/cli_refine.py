@@ -56,7 +56,7 @@ async def _env(cfg: Settings, *, models: bool) -> AsyncIterator[Env]:
     from bot.feedback.redis_log import RedisFeedbackLog
     from bot.personas.registry import FilePersonaRegistry
     from bot.refine.manager import ExperimentManager
-    from bot.refine.store import RedisRefineStore
+    from bot.refine.redis_store import RedisRefineStore
     from bot.refine.watcher import policy_of
 
     registry = FilePersonaRegistry(cfg.personas_dir)

@@ -21,14 +21,16 @@ from bot.domain.messages import ChatRequest, Speaker
 from bot.domain.persona import Persona
 from bot.errors import PersonaFileError
 from bot.models.scripted import ScriptedChatModel
-from bot.refine import Candidate, Change, ExperimentManager, ExperimentPolicy, GateRejected, RedisRefineStore
-from bot.refine.errors import ExperimentError, OptimizerError, PersonaFileChanged
+from bot.refine.candidates import Candidate, Change
+from bot.refine.errors import ExperimentError, GateRejected, OptimizerError, PersonaFileChanged
 from bot.refine.evaluation import Replayer, Scorer
+from bot.refine.manager import ExperimentManager, ExperimentPolicy
 from bot.refine.models import optimizer_model
 from bot.refine.personafile import add_canary, next_version
 from bot.refine.pipeline import Refiner
 from bot.refine.proposers.fewshot import FewShotProposer
 from bot.refine.proposers.rewrite import RewriteProposer
+from bot.refine.redis_store import RedisRefineStore
 from bot.refine.sim import ReflectiveOptimizer, SimProvider, TasteJudge, Users, traits_in
 from bot.refine.watcher import RefineWatcher, check_all
 from bot.settings import RefineSettings, Settings
@@ -267,7 +269,7 @@ async def test_status_shows_in_feedback_report_and_discord_summary(runtime: Runt
     page = render_html(feedback, gate_html=gates)
     assert "Refinement" in page and "Offline gate: helper v1.0" in page and report.winner in page
     assert json.loads(feedback.to_json())["refine"][0]["experiment"]["canary"] == report.winner
-    summary = await feedback_text(runtime.feedback, runtime.personas.get("helper"))
+    summary = await feedback_text(runtime.feedback, runtime.personas.get("helper"), refine=runtime.refine)
     assert f"canary {report.winner}" in summary and len(summary) <= 1900
 
 

@@ -21,7 +21,7 @@ from bot.redis_conn import RedisHandle
 from bot.refine.errors import ExperimentError
 from bot.refine.experiments import Decision
 from bot.refine.manager import ExperimentManager, ExperimentPolicy, PersonaSource
-from bot.refine.store import RedisRefineStore
+from bot.refine.redis_store import RedisRefineStore
 from bot.settings import RefineSettings
 
 log = logging.getLogger(__name__)

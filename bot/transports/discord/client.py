@@ -57,7 +57,7 @@ class PersonaBot(commands.AutoShardedBot):
         )
         self.runtime = runtime
         self.settings = settings
-        self.services = Services.build(runtime.engine, state, settings, self)
+        self.services = Services.build(runtime.engine, state, settings, self, refine=runtime.refine)
 
     async def setup_hook(self) -> None:
         await self.add_cog(ChatCog(self, self.services))

@@ -12,6 +12,7 @@ from bot.domain.persona import Persona
 from bot.engine import ChatEngine
 from bot.errors import PersonaNotFound, StoreError
 from bot.ports import DiscordState
+from bot.refine.store import RefineStore
 from bot.settings import DiscordSettings
 from bot.transports.discord.ids import external_id, user_id
 from bot.transports.discord.inflight import InFlight
@@ -34,10 +35,16 @@ class Services:
     webhooks: WebhookDirectory
     in_flight: InFlight
     queue: ReplyQueue
+    refine: RefineStore | None = None  # refine status for /feedback
 
     @classmethod
     def build(
-        cls, engine: ChatEngine, state: DiscordState, settings: DiscordSettings, client: discord.Client
+        cls,
+        engine: ChatEngine,
+        state: DiscordState,
+        settings: DiscordSettings,
+        client: discord.Client,
+        refine: RefineStore | None = None,
     ) -> Services:
         return cls(
             engine=engine,
@@ -47,6 +54,7 @@ class Services:
             webhooks=WebhookDirectory(client),
             in_flight=InFlight(),
             queue=ReplyQueue(state.slots, total=settings.max_replies, per_group=settings.max_replies_per_server),
+            refine=refine,
         )
 
     async def persona_at(self, place: Place) -> Persona:

@@ -45,5 +45,5 @@ class AdminCommands(commands.Cog):
         require_admin(interaction, self.services.settings.admin_role_ids, dm_ok=False)
         persona = await self.services.persona_at(interaction_place(interaction))
         await interaction.response.defer(ephemeral=True, thinking=True)
-        text = await feedback_text(self.engine.feedback, persona)
+        text = await feedback_text(self.engine.feedback, persona, refine=self.services.refine)
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)

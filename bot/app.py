@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: On a normal exit, how long the replayer may keep draining the journal into a Redis that answers.
 FINAL_DRAIN_S = 5.0
+#: How long a cancelled background task may take to stop.
+STOP_TASK_S = 5.0
 
 
 @dataclass
@@ -111,9 +113,13 @@ async def build_runtime(
         memory = RedisMemoryStore(redis)
         feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
         journal = await SqliteJournal.open(journal_path(settings), max_bytes=settings.journal.max_mb * 2**20)
-        rewriter = PersistenceRewriter(redis, timeout=settings.redis.forget_rewrite_timeout_s)
+        rewriter = PersistenceRewriter(
+            redis,
+            timeout=settings.redis.forget_rewrite_timeout_s,
+            rdb_file=None if embedded is None else embedded.directory / "bot.rdb",
+        )
         stores = JournaledStores(memory, feedback, journal, rewrite_disk=rewriter)
-        replayer = Replayer(stores, journal, redis.ping, retry_max_s=settings.journal.retry_max_s)
+        replayer = Replayer(stores, journal, redis.server_id, retry_max_s=settings.journal.retry_max_s)
         engine = ChatEngine(
             personas, memory, feedback, provider, settings.memory, default_persona=settings.default_persona,
             stores=stores,
@@ -123,9 +129,10 @@ async def build_runtime(
                 yield Runtime(
                     settings, redis, personas, provider, memory, feedback, engine, journal, replayer, embedded
                 )
-                with contextlib.suppress(TimeoutError):  # leave as little as possible for the next start
-                    async with asyncio.timeout(FINAL_DRAIN_S):
-                        await replayer.settled()
+                if stores.redis_up and journal.pending:  # leave as little as possible for the next start
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FINAL_DRAIN_S):
+                            await replayer.settled()
         finally:
             await journal.close()
             if model_provider is None and isinstance(provider, DefaultModelProvider):
@@ -138,14 +145,15 @@ async def _background(coro: Coroutine[Any, Any, None] | None) -> AsyncIterator[N
     if coro is None:
         yield
         return
-    task = asyncio.create_task(coro)
+    task = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
     task.add_done_callback(_log_crash)
     try:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=STOP_TASK_S)
+        if not done:
+            log.error("background task %s did not stop within %.0f s; leaving it", task.get_name(), STOP_TASK_S)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -183,10 +184,10 @@ class RedisHandle:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    async def ping(self) -> None:
-        """Raises StoreError unless Redis answers."""
-        with store_errors("answer PING"):
-            await self.client.ping()
+    async def server_id(self) -> str:
+        """The server's run id (new at every restart); raises StoreError unless Redis answers."""
+        with store_errors("tell its run id"):
+            return str((await self.client.info("server"))["run_id"])
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -203,7 +204,8 @@ def store_errors(what: str) -> Iterator[None]:
 
 class PersistenceRewriter:
     """Rewrites Redis's files so that deleted data leaves the disk: the AOF (BGREWRITEAOF) and then,
-    when the server keeps snapshots, the RDB file (BGSAVE), each awaited up to `timeout` seconds.
+    when the server keeps snapshots (or `rdb_file`, the embedded server's, exists), the RDB file
+    (BGSAVE), all awaited up to `timeout` seconds.
 
     Requests that arrive while a rewrite runs share the next one: a rewrite that started before a
     deletion may still carry the deleted data, so it does not count for that deletion.
@@ -211,9 +213,10 @@ class PersistenceRewriter:
 
     POLL_S = 0.02
 
-    def __init__(self, redis: RedisHandle, *, timeout: float) -> None:
+    def __init__(self, redis: RedisHandle, *, timeout: float, rdb_file: Path | None = None) -> None:
         self.redis = redis
         self.timeout = timeout
+        self.rdb_file = rdb_file
         self._lock = asyncio.Lock()
         self._requested = 0
         self._done = 0
@@ -229,7 +232,8 @@ class PersistenceRewriter:
                 return True  # a rewrite that started after this request has finished meanwhile
             covered = self._requested
             try:
-                await asyncio.wait_for(self._rewrite(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self._rewrite()
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("deleted data may stay in Redis's files until its next rewrite: %s", exc or "timed out")
                 return False
@@ -257,7 +261,10 @@ class PersistenceRewriter:
             await self._check("rdb_last_bgsave_status", "RDB snapshot")
 
     async def _snapshots(self) -> bool:
-        """Whether the server keeps RDB snapshots (an operator's server may not let us ask: assume so)."""
+        """Whether there is an RDB file to rewrite: ours exists, or the server keeps snapshots (an
+        operator's server may not let us ask: assume so)."""
+        if self.rdb_file is not None and self.rdb_file.exists():
+            return True
         try:
             save = await self.redis.client.config_get("save")
         except ResponseError:

@@ -7,7 +7,7 @@ Files in the directory (0700; the server runs with umask 077, so everything it w
     redis.pid      the server's pid, written by redis-server and removed on a clean shutdown
     start.lock     flock, exclusive: held while a process checks, starts or stops the server
     clients.lock   flock, shared: held by every process using the server for as long as it does
-    appendonly.aof, bot.rdb, redis.log
+    appendonly.aof, redis.log; bot.rdb only if someone asked for a snapshot (SAVE)
 
 Start (under start.lock): join the clients (shared flock), then PING. A server that answers is
 reused, including an orphan left by a bot killed with -9 (its flocks died with it, the server did
@@ -313,7 +313,8 @@ class EmbeddedRedis:
             "--dbfilename", "bot.rdb",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
-            "--save", "300 1",
+            "--save", "",  # no periodic snapshots: the AOF is the data, and one copy of users' words is enough
+            "--rdbcompression", "no",  # stored text stays greppable: an operator can check what a file holds
             "--daemonize", "no",
             "--loglevel", "warning",
         ]  # fmt: skip

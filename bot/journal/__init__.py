@@ -3,7 +3,7 @@ replayed, in order and idempotently, when it answers again.
 
     journal = await SqliteJournal.open(path, max_bytes=...)   # the Journal port, on disk
     stores = JournaledStores(memory, feedback, journal)       # the engine's door to its stores
-    replayer = Replayer(stores, journal, redis.ping)          # run() as a supervised task
+    replayer = Replayer(stores, journal, redis.server_id)     # run() as a supervised task
 """
 
 from bot.journal.replayer import Replayer

@@ -22,11 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class Replayer:
+    """`server_id` returns the Redis server's run id (raises StoreError when it does not answer): a
+    new one means the server restarted, and may have lost the writes it acknowledged last."""
+
     def __init__(
         self,
         stores: JournaledStores,
         journal: Journal,
-        ping: Callable[[], Awaitable[None]],
+        server_id: Callable[[], Awaitable[str]],
         *,
         batch: int = 100,
         retry_max_s: float = 2.0,
@@ -34,7 +37,8 @@ class Replayer:
     ) -> None:
         self.stores = stores
         self.journal = journal
-        self.ping = ping
+        self.server_id = server_id
+        self._server: str | None = None
         self.batch = batch
         self.retry_min_s = min(0.05, retry_max_s)
         self.retry_max_s = retry_max_s
@@ -47,6 +51,10 @@ class Replayer:
         """Forever: drain whenever there is work, back off while Redis is down. Never dies of an error."""
         delay = self.retry_min_s
         while True:
+            # redis-py's async client can swallow a cancellation that lands during a command (its
+            # issues #2028, #2551): the request count stays, so look at it rather than loop forever.
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 done = await self.drain()
             except asyncio.CancelledError:
@@ -67,12 +75,15 @@ class Replayer:
     async def drain(self) -> bool:
         """Apply journaled writes until none is left. False while Redis is down or another process drains."""
         self.stores.wakeup.clear()
-        if not self.stores.redis_up or self.journal.pending:
-            try:
-                await self.ping()
-            except StoreError as exc:
-                self.stores.down(exc)
-                return False
+        try:
+            server = await self.server_id()
+            if self._server is not None and server != self._server and self.stores.redis_up:
+                again = await self.stores.reapply_recent()
+                log.warning("Redis restarted (new run id): applied its last %d acknowledged writes again", again)
+            self._server = server
+        except StoreError as exc:
+            await self.stores.down(exc)
+            return False
         if not self.journal.pending and await self.journal.settle():
             self.stores.up()
             return True
@@ -111,7 +122,7 @@ class Replayer:
                     try:
                         await self.stores.apply(write)
                     except StoreError as exc:
-                        self.stores.down(exc)
+                        await self.stores.down(exc)
                         return None
                     except ReplyNotFound as exc:
                         log.info("journaled rating dropped: %s (expired or forgotten)", exc)
@@ -129,5 +140,7 @@ class Replayer:
         if not wake_early:
             await asyncio.sleep(seconds)
             return
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races its result.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stores.wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.stores.wakeup.wait()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from bot.domain.writes import Write, decode, encode
+from bot.domain.writes import AppendTurns, Write, decode, encode
 from bot.errors import JournalError
 from bot.private_files import FILE_MODE, private_dir, private_file
 
@@ -84,9 +84,17 @@ class SqliteJournal:
             return
         self._pending = True  # before the first await: later writers of this process queue behind
         self._appends += 1
-        rows = [(w.kind, encode(w), getattr(w, "conversation_id", None) if w.kind == "turns" else None, w.users)
-                for w in writes]  # fmt: skip
+        rows = self._rows(writes)
         await self._run(lambda: self._insert(rows))
+
+    async def prepend(self, writes: Sequence[Write]) -> None:
+        """Store writes durably ahead of every pending one (writes older than all of them)."""
+        if not writes:
+            return
+        self._pending = True
+        self._appends += 1
+        rows = self._rows(writes)
+        await self._run(lambda: self._insert(rows, first=True))
 
     async def oldest(self, limit: int) -> list[tuple[int, Write]]:
         """The oldest pending writes, in order. Ones that cannot be decoded are set aside (logged)."""
@@ -158,6 +166,10 @@ class SqliteJournal:
 
     # -- on the journal's thread -------------------------------------------------------------------
 
+    @staticmethod
+    def _rows(writes: Sequence[Write]) -> list[tuple[str, str, str | None, frozenset[str]]]:
+        return [(w.kind, encode(w), w.conversation_id if isinstance(w, AppendTurns) else None, w.users) for w in writes]
+
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -187,14 +199,14 @@ class SqliteJournal:
             raise sqlite3.OperationalError("the journal is closed")
         return self._db
 
-    def _insert(self, rows: list[tuple[str, str, str | None, frozenset[str]]]) -> None:
+    def _insert(self, rows: list[tuple[str, str, str | None, frozenset[str]]], *, first: bool = False) -> None:
         db = self._conn
         size = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
         incoming = sum(len(body) for _, body, _, _ in rows)
         if size + incoming > self.max_bytes:
             if not self._full:
                 log.error(
-                    "the write journal %s is full (%.0f MiB, limit %.0f MiB): writes are refused until Redis is back "
+                    "the write journal %s is full (%.1f MiB, limit %.1f MiB): writes are refused until Redis is back "
                     "and the journal drains (raise BOT_JOURNAL__MAX_MB to keep more)",
                     self.path, size / 2**20, self.max_bytes / 2**20,
                 )  # fmt: skip
@@ -204,10 +216,13 @@ class SqliteJournal:
         now = time.time()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            for kind, body, conversation, users in rows:
+            # Ahead of everything: ids below the smallest one (they may go negative; order is all that counts).
+            low = db.execute("SELECT min(id) FROM writes").fetchone()[0] if first else None
+            for n, (kind, body, conversation, users) in enumerate(rows):
+                entry_id = None if low is None else low - len(rows) + n
                 cursor = db.execute(
-                    "INSERT INTO writes (kind, body, conversation, created) VALUES (?, ?, ?, ?)",
-                    (kind, body, conversation, now),
+                    "INSERT INTO writes (id, kind, body, conversation, created) VALUES (?, ?, ?, ?, ?)",
+                    (entry_id, kind, body, conversation, now),
                 )
                 db.executemany(
                     "INSERT INTO write_users (write, user) VALUES (?, ?)", [(cursor.lastrowid, u) for u in users]

@@ -12,12 +12,21 @@ replayer (bot.journal.replayer) applies the journal when Redis answers again.
 
 Memory that cannot be loaded is not a failure: the reply is generated without remembered turns
 (logged once per outage), and its own turns are journaled like any other write.
+
+Redis acknowledges a write before it is in its append-only file: with `appendfsync everysec`, a
+write that arrives while a background fsync runs waits up to 2 s, so a redis-server killed then
+loses writes it acknowledged. The writes Redis acknowledged in the last `RECENT_S` seconds are kept
+in memory: when an outage is noticed they go to the head of the journal (replayed first, and kept
+across a restart of the bot), and when Redis restarted unnoticed (the replayer sees a new run id)
+they are applied again. Every write is idempotent, so a write Redis did keep counts once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -41,6 +50,11 @@ log = logging.getLogger(__name__)
 
 _QUEUED = object()  # the result of a write that went to the journal
 
+#: How long an acknowledged write is kept in memory in case Redis loses it (everysec: up to ~2 s).
+RECENT_S = 5.0
+#: At most this many of them (at a very high write rate the oldest go first; logged).
+RECENT_MAX = 20_000
+
 
 class JournaledStores:
     def __init__(
@@ -60,15 +74,29 @@ class JournaledStores:
         self.redis_up = True
         #: Set when the replayer has work (a write was journaled, Redis failed).
         self.wakeup = asyncio.Event()
+        #: Writes Redis acknowledged lately, oldest first: (when, write).
+        self._recent: deque[tuple[float, Write]] = deque()
 
     # -- health ------------------------------------------------------------------------------------
 
-    def down(self, exc: BaseException) -> None:
-        if self.redis_up:
-            log.warning("Redis is unavailable (%s): replies go without memory and writes to the journal until it is "
-                        "back", exc)  # fmt: skip
-            self.redis_up = False
+    async def down(self, exc: BaseException) -> None:
+        """Redis failed: from now on writes go to the journal, behind the ones Redis acknowledged lately."""
         self.wakeup.set()
+        if not self.redis_up:
+            return
+        log.warning("Redis is unavailable (%s): replies go without memory and writes to the journal until it is "
+                    "back", exc)  # fmt: skip
+        self.redis_up = False
+        if self.journal is not None:
+            recent = self._take_recent()
+            await self.journal.prepend(recent)
+
+    async def reapply_recent(self) -> int:
+        """Apply the writes Redis acknowledged lately again (it restarted and may have lost them)."""
+        recent = [w for _, w in self._pruned()]
+        for write in recent:
+            await self._apply(write)
+        return len(recent)
 
     def up(self) -> None:
         if not self.redis_up:
@@ -91,7 +119,7 @@ class JournaledStores:
         try:
             return await self.memory.load(conversation_id, max_turns)
         except StoreError as exc:
-            self.down(exc)
+            await self.down(exc)
             return []
 
     # -- writes ------------------------------------------------------------------------------------
@@ -117,6 +145,7 @@ class JournaledStores:
         """Forget one conversation's memory; raises WriteQueued when Redis is down (done when it is back)."""
         if self.journal is not None:
             await self.journal.forget_conversation(conversation_id)
+        self._drop_recent(lambda w: isinstance(w, AppendTurns) and w.conversation_id == conversation_id)
         await self._now_or_queued(ClearConversation(conversation_id), "forgetting this conversation")
 
     async def forget_user(self, user_id: str) -> tuple[int, int]:
@@ -127,11 +156,17 @@ class JournaledStores:
         """
         if self.journal is not None:
             await self.journal.forget_user(user_id)
+        self._drop_recent(lambda w: user_id in w.users)
         result = await self._now_or_queued(ForgetUser(user_id), "deleting your data")
         return result
 
     async def apply(self, write: Write) -> Any:
         """Apply one write to the stores now (idempotent: safe to repeat); raises StoreError."""
+        result = await self._apply(write)
+        self._remember(write)
+        return result
+
+    async def _apply(self, write: Write) -> Any:
         match write:
             case RecordReply(record=record):
                 await self.feedback.record(record)
@@ -171,7 +206,7 @@ class JournaledStores:
         results = list(await asyncio.gather(*(self.apply(w) for w in writes), return_exceptions=True))
         failed = [i for i, r in enumerate(results) if isinstance(r, StoreError)]
         if failed:
-            self.down(results[failed[0]])
+            await self.down(results[failed[0]])
             await self._journal([writes[i] for i in failed])
             for i in failed:
                 results[i] = _QUEUED
@@ -189,7 +224,7 @@ class JournaledStores:
         try:
             return await self.apply(write)
         except StoreError as exc:
-            self.down(exc)
+            await self.down(exc)
             await self._journal([write])
             raise WriteQueued(what) from exc
 
@@ -197,3 +232,28 @@ class JournaledStores:
         assert self.journal is not None
         await self.journal.append(writes)
         self.wakeup.set()
+
+    def _remember(self, write: Write) -> None:
+        if self.journal is None:
+            return
+        self._recent.append((time.monotonic(), write))
+        self._pruned()
+
+    def _pruned(self) -> deque[tuple[float, Write]]:
+        recent, horizon = self._recent, time.monotonic() - RECENT_S
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        if len(recent) > RECENT_MAX:
+            log.warning("over %d writes in %.0f s: the oldest are no longer kept in case Redis loses them",
+                        RECENT_MAX, RECENT_S)  # fmt: skip
+            while len(recent) > RECENT_MAX:
+                recent.popleft()
+        return recent
+
+    def _take_recent(self) -> list[Write]:
+        recent = [w for _, w in self._pruned()]
+        self._recent.clear()
+        return recent
+
+    def _drop_recent(self, forgotten: Callable[[Write], bool]) -> None:
+        self._recent = deque(item for item in self._recent if not forgotten(item[1]))

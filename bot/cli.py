@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bot.cli_feedback import eval_command, feedback_app
+from bot.cli_redis import redis_app
 from bot.cli_train import train_app
 from bot.errors import BotError
 from bot.settings import Settings
@@ -25,6 +26,7 @@ app.add_typer(personas_app, name="personas")
 app.add_typer(feedback_app, name="feedback")
 app.command("eval")(eval_command)
 app.add_typer(train_app, name="train")
+app.add_typer(redis_app, name="redis")
 
 err = Console(stderr=True)
 

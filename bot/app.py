@@ -112,6 +112,7 @@ async def build_runtime(
                 personas.disable(persona_id, reason)  # the others keep working
         memory = RedisMemoryStore(redis)
         feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
+        private_dir(settings.data_dir)
         journal = await SqliteJournal.open(journal_path(settings), max_bytes=settings.journal.max_mb * 2**20)
         rewriter = PersistenceRewriter(
             redis,

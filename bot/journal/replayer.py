@@ -84,8 +84,8 @@ class Replayer:
         except StoreError as exc:
             await self.stores.down(exc)
             return False
+        self.stores.up()  # reads work again; writes still queue behind the journal until it drains
         if not self.journal.pending and await self.journal.settle():
-            self.stores.up()
             return True
         if not self.journal.claim_replay():
             await self.journal.settle()  # another process replays; notice when it is done
@@ -99,10 +99,7 @@ class Replayer:
         if applied:
             self.replayed += applied
             log.warning("replayed %d journaled writes into Redis", applied)
-        if await self.journal.settle():
-            self.stores.up()
-            return True
-        return False
+        return await self.journal.settle()
 
     async def settled(self) -> None:
         """Wait until the journal is empty and Redis answers; bound it with `asyncio.timeout`."""

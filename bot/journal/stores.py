@@ -100,7 +100,7 @@ class JournaledStores:
 
     def up(self) -> None:
         if not self.redis_up:
-            log.warning("Redis answers again: replaying the journal")
+            log.warning("Redis answers again: remembered turns are back; the journal is being replayed")
             self.redis_up = True
 
     @property

@@ -240,3 +240,30 @@ async def test_forget_me_reaches_the_disk(settings: Settings) -> None:
         assert files_containing(data, b"xylophonic-zebra") == []
         assert files_containing(data, b"quietly-vanishing-wombat") == []
         assert "redis/appendonly.aof" in files_containing(data, b"marsupial-kettle"), "others' data stays"
+
+
+async def test_a_write_that_timed_out_but_was_applied_counts_once(
+    settings: Settings, server: EmbeddedRedis, personas_dir: Path
+) -> None:
+    # A persona without memory: its reply goes straight to the record write, which the stopped server
+    # holds. The client times out and journals it; resumed, the server applies it; then the journal
+    # replays it. Without the store's idempotency the reply would count twice.
+    (personas_dir / "forgetful.yaml").write_text(
+        "id: forgetful\nname: Fo\nversion: '1'\nsystem_prompt: You forget.\nmemory:\n  max_turns: 0\n"
+    )
+    async with build_runtime(durable(settings, server), model_provider=Scripted()) as rt:
+        assert rt.replayer is not None and server.pid is not None
+        ask = ChatRequest("c1", Speaker("alice", "Alice"), "hello", persona_id="forgetful")
+        await rt.engine.reply(ask)  # the server knows the record script now: a stalled call will run
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            reply = await rt.engine.reply(ask)
+            # The first reply (Redis acknowledged it lately, it may lose it) is queued ahead of the second.
+            assert rt.journal is not None and [w.kind for _, w in await rt.journal.oldest(10)] == ["record"] * 2
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        async with asyncio.timeout(REPLAY_TIMEOUT_S):
+            await rt.replayer.settled()
+        assert rt.replayer.replayed == 2
+        assert await rt.feedback.get(reply.reply_id) == reply.record
+        assert (await rt.feedback.stats())["forgetful|1|default"]["replies"] == 2

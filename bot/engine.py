@@ -136,7 +136,8 @@ class ChatEngine:
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Stream one reply: TextDelta events, then exactly one ReplyFinished.
 
-        Raises BotError subclasses (PersonaNotFound, StoreError, ModelError, PromptTooLong).
+        Raises BotError subclasses (PersonaNotFound, ModelError, PromptTooLong; a StoreError only when
+        Redis is down and the journal cannot keep the reply either).
         """
         base = self.persona_for(request)
         variant = self.variant_for(base, request.conversation_id)

@@ -3,6 +3,7 @@ files), bounded size, permissions, one replayer per file, and the write codec.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import stat
@@ -187,3 +188,11 @@ async def test_one_replayer_per_journal_file(journal: SqliteJournal) -> None:
         assert not await other.settle() and other.pending
     finally:
         await other.close()
+
+
+async def test_concurrent_appends_share_commits_and_keep_their_order(journal: SqliteJournal) -> None:
+    writes = [ClearConversation(f"c{i}") for i in range(200)]
+    await asyncio.gather(*(journal.append([w]) for w in writes))
+    assert [w for _, w in await journal.oldest(500)] == writes
+    await journal.forget_conversation("c0")  # waits for queued commits, so nothing comes back after it
+    assert len(await journal.oldest(500)) == 200, "clears are not memory appends"

@@ -8,13 +8,16 @@ checkpoint that truncates the log, so the words leave the files. Several bot pro
 the file (SQLite locks it); one at a time replays it (an flock on `<file>.replay`).
 
 SQLite calls run on one worker thread of the journal's own: an fsync never blocks the event loop,
-and the calls keep the order they were made in.
+and the calls keep the order they were made in. Appends are group-committed: those made while a
+commit is on its way to the disk share the next transaction (one fsync), so an outage with many
+users does not queue them behind one fsync each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -31,6 +34,7 @@ from bot.private_files import FILE_MODE, private_dir, private_file
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Row = tuple[str, str, str | None, frozenset[str]]  # kind, JSON body, conversation, users
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS writes (
@@ -63,6 +67,8 @@ class SqliteJournal:
         self._pending = False
         self._appends = 0
         self._full = False
+        self._queue: list[tuple[list[Row], asyncio.Future[None]]] = []  # appends waiting for the next commit
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, *, max_bytes: int = 256 * 2**20) -> SqliteJournal:
@@ -79,13 +85,16 @@ class SqliteJournal:
         return self._pending
 
     async def append(self, writes: Sequence[Write]) -> None:
-        """Store writes durably, in one transaction; raises JournalError (disk error, journal full)."""
+        """Store writes durably (all or none), in order; raises JournalError (disk error, journal full)."""
         if not writes:
             return
         self._pending = True  # before the first await: later writers of this process queue behind
         self._appends += 1
-        rows = self._rows(writes)
-        await self._run(lambda: self._insert(rows))
+        committed = asyncio.get_running_loop().create_future()
+        self._queue.append((self._rows(writes), committed))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="journal-commit")
+        await committed
 
     async def prepend(self, writes: Sequence[Write]) -> None:
         """Store writes durably ahead of every pending one (writes older than all of them)."""
@@ -94,7 +103,9 @@ class SqliteJournal:
         self._pending = True
         self._appends += 1
         rows = self._rows(writes)
-        await self._run(lambda: self._insert(rows, first=True))
+        [refused] = await self._run(lambda: self._insert([rows], first=True))
+        if refused is not None:
+            raise JournalError(self.path, refused)
 
     async def oldest(self, limit: int) -> list[tuple[int, Write]]:
         """The oldest pending writes, in order. Ones that cannot be decoded are set aside (logged)."""
@@ -132,12 +143,14 @@ class SqliteJournal:
 
     async def forget_user(self, user_id: str) -> int:
         """Delete every write carrying this user's words or ratings; returns how many."""
+        await self._committed()
         return await self._run(lambda: self._forget(
             "DELETE FROM writes WHERE id IN (SELECT write FROM write_users WHERE user = ?)", (user_id,)
         ))  # fmt: skip
 
     async def forget_conversation(self, conversation_id: str) -> int:
         """Delete the memory appends of one conversation (/forget); returns how many."""
+        await self._committed()
         return await self._run(lambda: self._forget("DELETE FROM writes WHERE conversation = ?", (conversation_id,)))
 
     def claim_replay(self) -> bool:
@@ -159,10 +172,34 @@ class SqliteJournal:
             self._replay_fd = None
 
     async def close(self) -> None:
+        await self._committed()
         self.release_replay()
         if self._db is not None:
             await self._run(self._close)
         self._executor.shutdown(wait=True)
+
+    async def _flush(self) -> None:
+        """Commit the queued appends, as many as are queued at a time, in one transaction each round."""
+        while self._queue:
+            batch, self._queue = self._queue, []
+            groups = [rows for rows, _ in batch]
+            refused: list[str | JournalError | None]
+            try:
+                refused = list(await self._run(functools.partial(self._insert, groups)))
+            except JournalError as exc:
+                refused = [exc] * len(batch)
+            for (_, committed), why in zip(batch, refused, strict=True):
+                if committed.done():  # its writer was cancelled meanwhile; the rows are committed anyway
+                    continue
+                if why is None:
+                    committed.set_result(None)
+                else:
+                    committed.set_exception(why if isinstance(why, JournalError) else JournalError(self.path, why))
+
+    async def _committed(self) -> None:
+        """Wait until every append made so far is on disk (or refused)."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
 
     # -- on the journal's thread -------------------------------------------------------------------
 
@@ -199,34 +236,44 @@ class SqliteJournal:
             raise sqlite3.OperationalError("the journal is closed")
         return self._db
 
-    def _insert(self, rows: list[tuple[str, str, str | None, frozenset[str]]], *, first: bool = False) -> None:
+    def _insert(self, groups: list[list[Row]], *, first: bool = False) -> list[str | None]:
+        """Insert each group of rows whole, in one transaction; per group None, or why it was refused
+        (the journal would pass its size cap)."""
         db = self._conn
         size = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
-        incoming = sum(len(body) for _, body, _, _ in rows)
-        if size + incoming > self.max_bytes:
-            if not self._full:
-                log.error(
-                    "the write journal %s is full (%.1f MiB, limit %.1f MiB): writes are refused until Redis is back "
-                    "and the journal drains (raise BOT_JOURNAL__MAX_MB to keep more)",
-                    self.path, size / 2**20, self.max_bytes / 2**20,
-                )  # fmt: skip
-                self._full = True
-            raise sqlite3.OperationalError(f"full ({size / 2**20:.0f} MiB of {self.max_bytes / 2**20:.0f} MiB)")
-        self._full = False
-        now = time.time()
+        now, outcome = time.time(), list[str | None]()
         with db:
             db.execute("BEGIN IMMEDIATE")
             # Ahead of everything: ids below the smallest one (they may go negative; order is all that counts).
             low = db.execute("SELECT min(id) FROM writes").fetchone()[0] if first else None
-            for n, (kind, body, conversation, users) in enumerate(rows):
-                entry_id = None if low is None else low - len(rows) + n
-                cursor = db.execute(
-                    "INSERT INTO writes (id, kind, body, conversation, created) VALUES (?, ?, ?, ?, ?)",
-                    (entry_id, kind, body, conversation, now),
-                )
-                db.executemany(
-                    "INSERT INTO write_users (write, user) VALUES (?, ?)", [(cursor.lastrowid, u) for u in users]
-                )
+            for rows in groups:
+                grow = sum(len(body) for _, body, _, _ in rows)
+                if size + grow > self.max_bytes:
+                    outcome.append(self._refuse(size))
+                    continue
+                size += grow
+                for n, (kind, body, conversation, users) in enumerate(rows):
+                    entry_id = None if low is None else low - len(rows) + n
+                    cursor = db.execute(
+                        "INSERT INTO writes (id, kind, body, conversation, created) VALUES (?, ?, ?, ?, ?)",
+                        (entry_id, kind, body, conversation, now),
+                    )
+                    db.executemany(
+                        "INSERT INTO write_users (write, user) VALUES (?, ?)", [(cursor.lastrowid, u) for u in users]
+                    )
+                self._full = False
+                outcome.append(None)
+        return outcome
+
+    def _refuse(self, size: int) -> str:
+        if not self._full:
+            log.error(
+                "the write journal %s is full (%.1f MiB, limit %.1f MiB): writes are refused until Redis is back "
+                "and the journal drains (raise BOT_JOURNAL__MAX_MB to keep more)",
+                self.path, size / 2**20, self.max_bytes / 2**20,
+            )  # fmt: skip
+            self._full = True
+        return f"full ({self.max_bytes / 2**20:.1f} MiB)"
 
     def _select(self, limit: int) -> list[tuple[int, str, str]]:
         return self._conn.execute(

@@ -2,14 +2,23 @@
 
     async with build_runtime(settings) as runtime:
         await runtime.engine.reply(request)
+
+Background tasks started here, each supervised (they log a failure and carry on, never die of one):
+the journal replayer (from start-up, so an earlier run's journal is replayed too) and, for the
+embedded Redis, a watchdog that restarts a server that died, on the same data.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from bot.coordination.claims import FallbackClaims, RedisClaims
 from bot.coordination.health import RedisHealth
@@ -18,16 +27,23 @@ from bot.coordination.placements import CachedPlacements, RedisPlacements
 from bot.coordination.slots import FallbackSlots, RedisSlots
 from bot.engine import ChatEngine
 from bot.feedback.redis_log import RedisFeedbackLog
+from bot.journal import JournaledStores, Replayer, SqliteJournal
 from bot.memory.redis_store import RedisMemoryStore
 from bot.models.provider import DefaultModelProvider
 from bot.personas.registry import FilePersonaRegistry
 from bot.ports import DiscordState, ModelProvider
-from bot.redis_conn import EmbeddedRedis, RedisHandle
+from bot.private_files import private_dir
+from bot.redis_conn import EmbeddedRedis, PersistenceRewriter, RedisHandle
 from bot.refine.redis_store import RedisRefineStore
 from bot.refine.watcher import refine_watcher
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: On a normal exit, how long the replayer may keep draining the journal into a Redis that answers.
+FINAL_DRAIN_S = 5.0
+#: How long a cancelled background task may take to stop.
+STOP_TASK_S = 5.0
 
 
 @dataclass
@@ -40,28 +56,51 @@ class Runtime:
     feedback: RedisFeedbackLog
     engine: ChatEngine
     refine: RedisRefineStore  # running canaries and the refine journal (shown by /feedback)
+    journal: SqliteJournal | None = None
+    replayer: Replayer | None = None
+    embedded: EmbeddedRedis | None = None
 
 
-def redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+def embedded_redis(settings: Settings) -> EmbeddedRedis | None:
+    """The embedded server for these settings, or None when a Redis URL is configured."""
     if settings.redis.url is not None:
-        return settings.redis.url.get_secret_value(), None
-    embedded = EmbeddedRedis(settings.data_dir / "redis")
-    return embedded.start(), embedded
+        return None
+    private_dir(settings.data_dir)
+    return EmbeddedRedis(settings.data_dir / "redis")
+
+
+def journal_path(settings: Settings) -> Path:
+    """One journal per key prefix: two bots sharing a data directory never replay each other's writes."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.redis.key_prefix) or "bot"
+    return settings.data_dir / "journal" / f"{name}.sqlite3"
 
 
 @asynccontextmanager
-async def connect_redis(settings: Settings) -> AsyncIterator[RedisHandle]:
-    """Connect to the configured Redis, or start (and later stop) the embedded one."""
-    url, embedded = redis_url(settings)
+async def connect_redis(settings: Settings, *, watch: bool = False) -> AsyncIterator[RedisHandle]:
+    """Connect to the configured Redis, or use the embedded one (started if none runs; stopped on
+    exit only when no other process uses it). `watch`: restart the embedded server if it dies."""
+    async with _redis(settings, watch=watch) as (handle, _):
+        yield handle
+
+
+@asynccontextmanager
+async def _redis(settings: Settings, *, watch: bool) -> AsyncIterator[tuple[RedisHandle, EmbeddedRedis | None]]:
+    embedded = embedded_redis(settings)
+    if embedded is None:
+        assert settings.redis.url is not None
+        url = settings.redis.url.get_secret_value()
+    else:
+        url = await asyncio.to_thread(embedded.start)
     try:
         handle = await RedisHandle.connect(url, settings.redis)
         try:
-            yield handle
+            async with _background(embedded.watch() if embedded is not None and watch else None):
+                yield handle, embedded
         finally:
             await handle.aclose()
     finally:
         if embedded is not None:
-            embedded.stop()
+            await asyncio.to_thread(embedded.release)
 
 
 @asynccontextmanager
@@ -71,7 +110,7 @@ async def build_runtime(
     personas = FilePersonaRegistry(settings.personas_dir)
     personas.reload()
     provider = model_provider or DefaultModelProvider(settings.model, settings.data_dir)
-    async with connect_redis(settings) as redis:
+    async with _redis(settings, watch=True) as (redis, embedded):
         # Redis first: an unreachable Redis should fail fast, before a model load.
         if isinstance(provider, DefaultModelProvider):
             personas.on_reload(provider.clear_cache)
@@ -81,16 +120,34 @@ async def build_runtime(
                 personas.disable(persona_id, reason)  # the others keep working
         memory = RedisMemoryStore(redis)
         feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
-        engine = ChatEngine(
-            personas, memory, feedback, provider, settings.memory, default_persona=settings.default_persona
+        private_dir(settings.data_dir)
+        journal = await SqliteJournal.open(journal_path(settings), max_bytes=settings.journal.max_mb * 2**20)
+        rewriter = PersistenceRewriter(
+            redis,
+            timeout=settings.redis.forget_rewrite_timeout_s,
+            rdb_file=None if embedded is None else embedded.directory / "bot.rdb",
         )
+        stores = JournaledStores(memory, feedback, journal, rewrite_disk=rewriter)
+        replayer = Replayer(stores, journal, redis.server_id, retry_max_s=settings.journal.retry_max_s)
+        engine = ChatEngine(
+            personas, memory, feedback, provider, settings.memory, default_persona=settings.default_persona,
+            stores=stores,
+        )  # fmt: skip
         # Refine's automatic decisions on running canaries (a supervised periodic task; bot.refine.watcher).
         watcher = refine_watcher(settings.refine, redis, feedback, personas, settings.data_dir,
                                  on_written=personas.reload)
         try:
-            async with watcher:
-                yield Runtime(settings, redis, personas, provider, memory, feedback, engine, RedisRefineStore(redis))
+            async with _background(replayer.run()), watcher:
+                yield Runtime(
+                    settings, redis, personas, provider, memory, feedback, engine, RedisRefineStore(redis),
+                    journal, replayer, embedded,
+                )  # fmt: skip
+                if stores.redis_up and journal.pending:  # leave as little as possible for the next start
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FINAL_DRAIN_S):
+                            await replayer.settled()
         finally:
+            await journal.close()
             if model_provider is None and isinstance(provider, DefaultModelProvider):
                 provider.close()  # only what this root created; a passed-in provider is the caller's
 
@@ -107,3 +164,25 @@ def build_discord_state(runtime: Runtime) -> DiscordState:
         slots=FallbackSlots(slots, health),
         placements=CachedPlacements(RedisPlacements(redis), health),
     )
+
+
+@asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
+    """Run `coro` as a task while the block runs; cancel it after. A crash is logged, never silent."""
+    if coro is None:
+        yield
+        return
+    task = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
+    task.add_done_callback(_log_crash)
+    try:
+        yield
+    finally:
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_TASK_S)
+        if not done:
+            log.error("background task %s did not stop within %.0f s; leaving it", task.get_name(), STOP_TASK_S)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped", task.get_name(), exc_info=task.exception())

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bot.cli_cards import export_command, import_command, import_lorebook_command
 from bot.cli_feedback import eval_command, feedback_app
+from bot.cli_redis import redis_app
 from bot.cli_refine import refine_app
 from bot.cli_train import train_app
 from bot.errors import BotError
@@ -31,6 +32,7 @@ app.add_typer(feedback_app, name="feedback")
 app.command("eval")(eval_command)
 app.add_typer(train_app, name="train")
 app.add_typer(refine_app, name="refine")
+app.add_typer(redis_app, name="redis")
 
 err = Console(stderr=True)
 

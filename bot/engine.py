@@ -7,6 +7,10 @@
 
 One conversation handles one message at a time (a lock per conversation id); different
 conversations run concurrently.
+
+Stores are reached through `JournaledStores`: a shown reply, its memory turns, its message links and
+every rating are kept even while Redis is down (journaled, replayed when it is back), and a reply is
+generated without remembered turns when memory cannot be loaded, rather than not at all.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
 from bot.domain.messages import STORED_NAME_LENGTH, ChatMessage, ChatRequest, StoredTurn, clean_name
 from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, build_prompt, render
+from bot.domain.ratings import MessageRating, RateOutcome
 from bot.domain.variants import choose_variant
+from bot.domain.writes import AppendTurns
 from bot.errors import BotError, ModelError
+from bot.journal.stores import JournaledStores
 from bot.models.streaming import stream_chat
 from bot.ports import BoundModel, FeedbackLog, MemoryStore, ModelProvider, PersonaRegistry
 from bot.settings import MemorySettings
@@ -97,10 +104,13 @@ class ChatEngine:
         *,
         default_persona: str,
         bot_name: str = "",
+        stores: JournaledStores | None = None,
     ) -> None:
         self.personas = personas
         self.memory = memory
         self.feedback = feedback
+        #: Reads and writes of memory and feedback (journaled when the composition root gives a journal).
+        self.stores = stores or JournaledStores(memory, feedback)
         self.models = models
         self.memory_defaults = memory_defaults
         self.default_persona = default_persona
@@ -128,7 +138,8 @@ class ChatEngine:
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Stream one reply: TextDelta events, then exactly one ReplyFinished.
 
-        Raises BotError subclasses (PersonaNotFound, StoreError, ModelError, PromptTooLong).
+        Raises BotError subclasses (PersonaNotFound, ModelError, PromptTooLong; a StoreError only when
+        Redis is down and the journal cannot keep the reply either).
         """
         base = self.persona_for(request)
         variant = self.variant_for(base, request.conversation_id)
@@ -139,7 +150,7 @@ class ChatEngine:
             # Each persona remembers its own part of a conversation: after a persona switch the new
             # voice must not read the old persona's replies as its own.
             history = [
-                t for t in await self.memory.load(request.conversation_id, max_turns) if t.persona_id == persona.id
+                t for t in await self.stores.history(request.conversation_id, max_turns) if t.persona_id == persona.id
             ]
             greeting = self.greeting_index(persona, request.conversation_id)
             context = PromptContext(
@@ -199,15 +210,13 @@ class ChatEngine:
                 greeting=greeting,
             )
             speaker = request.speaker.name[:STORED_NAME_LENGTH]
-            turns = [
+            turns = (
                 StoredTurn("user", request.text, user_id=request.speaker.id, persona_id=persona.id, speaker=speaker),
                 StoredTurn("assistant", reply_text, user_id=request.speaker.id, persona_id=persona.id),
-            ]
-            # Two independent writes: overlap their round trips.
-            await asyncio.gather(
-                self.memory.append(request.conversation_id, turns, max_turns=max_turns, ttl_seconds=ttl),
-                self.feedback.record(record),
             )
+            remembered = AppendTurns(request.conversation_id, turns, max_turns, ttl, record.reply_id)
+            # Kept either way: acknowledged by Redis (one round trip for both), or journaled.
+            await self.stores.reply_shown(record, remembered if max_turns > 0 else None)
             yield ReplyFinished(record.reply_id, reply_text, persona, record)
 
     def variant_for(self, persona: Persona, conversation_id: str, now: float | None = None) -> str:
@@ -217,19 +226,50 @@ class ChatEngine:
         at = time.time() if now is None else now
         return choose_variant(persona.id, conversation_id, weights, period_hours=persona.variant_period_hours, now=at)
 
-    async def rate(self, reply_id: str, user_id: str, value: int, **context: str) -> None:
+    async def rate(
+        self, reply_id: str, user_id: str, value: int, *, at: float | None = None, **context: str
+    ) -> RateOutcome:
+        """Rate a reply (+1, -1; 0 withdraws) as of `at` (default: now). The latest event per user and
+        reply wins. "queued" when Redis is down (kept, applied later); raises ReplyNotFound."""
         if value not in (-1, 0, 1):
             raise ValueError("a rating is +1, -1 or 0 (remove)")
-        await self.feedback.rate(Rating(reply_id, user_id, value, context=context))  # type: ignore[arg-type]
+        rating = Rating(reply_id, user_id, value, at=time.time() if at is None else at, context=context)  # type: ignore[arg-type]
+        return await self.stores.rate(rating)
+
+    async def rate_message(
+        self,
+        external_id: str,
+        user_id: str,
+        value: int,
+        *,
+        removed: bool = False,
+        at: float | None = None,
+        context: dict[str, str] | None = None,
+    ) -> RateOutcome:
+        """Rate the reply shown by a transport message (e.g. "discord:msg:123"): a reaction added
+        (value ±1) or removed (`removed=True`: withdraws the rating only if it is `value`), as of `at`
+        (when the event happened). The message is resolved to its reply when the rating is applied,
+        so this works, and keeps the rating, while Redis is down ("queued")."""
+        rating = MessageRating(
+            external_id, user_id, value, removed, time.time() if at is None else at, dict(context or {})  # type: ignore[arg-type]
+        )
+        return await self.stores.rate_message(rating)
+
+    async def link_shown(self, reply_id: str, external_ids: list[str]) -> None:
+        """Remember which transport messages show a reply, so ratings on them rate it (journaled if need be)."""
+        await self.stores.link(reply_id, external_ids)
 
     async def reset(self, conversation_id: str) -> None:
+        """Forget one conversation's memory; raises WriteQueued when Redis is down (done when it is back)."""
         _langchain_message.cache_clear()
-        await self.memory.clear(conversation_id)
+        await self.stores.reset(conversation_id)
 
     async def forget_user(self, user_id: str) -> tuple[int, int]:
-        """Privacy: delete a user's messages and ratings everywhere. Returns (messages, records)."""
+        """Privacy: delete a user's messages and ratings everywhere, including the journal and Redis's
+        files on disk. Returns (messages, records); raises WriteQueued when Redis is down (the journal
+        has dropped their writes already; the rest runs when Redis is back)."""
         _langchain_message.cache_clear()  # no copy of their words stays behind in this process either
-        return await self.memory.forget_user(user_id), await self.feedback.forget_user(user_id)
+        return await self.stores.forget_user(user_id)
 
     async def greeting(
         self,

@@ -2,11 +2,14 @@
 
     BotError
     ├── ConfigError                  settings or environment unusable (one-line message for the CLI)
+    │   └── EmbeddedRedisHung        the embedded redis-server is alive but does not answer: .pid, .directory
     ├── PersonaError
     │   ├── PersonaFileError         a persona file is broken: .path, .field, .line
     │   └── PersonaNotFound          .persona_id is not loaded
     ├── StoreError                   Redis failed (wraps the redis-py error as __cause__)
-    │   └── StoreUnavailable         Redis cannot be reached at all: .url (password masked)
+    │   ├── StoreUnavailable         Redis cannot be reached at all: .url (password masked)
+    │   ├── WriteQueued              Redis is down; the request is journaled and runs when it is back: .what
+    │   └── JournalError             the local write journal failed or is full: .path
     ├── ModelError                   a backend failed while generating (wraps the cause)
     │   ├── ModelLoadError           a model could not be loaded: .model
     │   └── ModelBusy                the generation queue is full; try again soon
@@ -67,6 +70,36 @@ class StoreUnavailable(StoreError):
         self.url = url
         self.reason = reason
         super().__init__(f"cannot reach Redis at {url}: {reason}")
+
+
+class WriteQueued(StoreError):
+    """Redis is unreachable: the request was journaled locally and is applied when Redis is back."""
+
+    def __init__(self, what: str):
+        self.what = what
+        super().__init__(f"Redis is unavailable: {what} is queued and will complete when it is back")
+
+
+class JournalError(StoreError):
+    """The local write journal cannot take a write (disk error, or full)."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"write journal {path}: {reason}")
+
+
+class EmbeddedRedisHung(ConfigError):
+    """The embedded redis-server's process is alive but does not answer: never start a second one."""
+
+    def __init__(self, pid: int, directory: Path):
+        self.pid = pid
+        self.directory = directory
+        super().__init__(
+            f"the embedded redis-server for {directory} (pid {pid}) is running but does not answer PING: it may be "
+            f"stopped (SIGSTOP) or hung. Resume it (kill -CONT {pid}) or stop it (python -m bot redis stop --force); "
+            "a second server on the same data would corrupt it"
+        )
 
 
 class ModelError(BotError):

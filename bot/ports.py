@@ -13,6 +13,8 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from bot.domain.feedback import RatedReply, Rating, ReplyRecord
 from bot.domain.messages import StoredTurn
 from bot.domain.persona import Persona
+from bot.domain.ratings import MessageRating, RateOutcome
+from bot.domain.writes import Write
 from bot.errors import PersonaFileError
 
 
@@ -22,8 +24,16 @@ class MemoryStore(Protocol):
         ...
 
     async def append(
-        self, conversation_id: str, turns: Sequence[StoredTurn], *, max_turns: int, ttl_seconds: int
-    ) -> None: ...
+        self,
+        conversation_id: str,
+        turns: Sequence[StoredTurn],
+        *,
+        max_turns: int,
+        ttl_seconds: int,
+        reply_id: str | None = None,
+    ) -> None:
+        """Append turns; with a `reply_id`, appending the same reply's turns again is a no-op."""
+        ...
 
     async def clear(self, conversation_id: str) -> None: ...
 
@@ -33,12 +43,22 @@ class MemoryStore(Protocol):
 
 
 class FeedbackLog(Protocol):
-    async def record(self, record: ReplyRecord) -> None: ...
+    """Every write is idempotent (a journal may replay a write the store already took)."""
+
+    async def record(self, record: ReplyRecord) -> None:
+        """Store a reply record; recording the same reply again is a no-op."""
+        ...
 
     async def get(self, reply_id: str) -> ReplyRecord | None: ...
 
-    async def rate(self, rating: Rating) -> None:
-        """Set (value ±1) or remove (value 0) one user's rating; raises ReplyNotFound."""
+    async def rate(self, rating: Rating) -> RateOutcome:
+        """Set (value ±1) or remove (value 0) one user's rating, unless the user's latest rating event on
+        that reply is newer than `rating.at`; raises ReplyNotFound."""
+        ...
+
+    async def rate_message(self, rating: MessageRating) -> RateOutcome:
+        """Rate the reply a transport message shows, resolved and judged atomically when applied
+        ("ignored" when the message shows no reply)."""
         ...
 
     async def ratings(self, reply_id: str) -> dict[str, int]: ...
@@ -68,6 +88,45 @@ class FeedbackLog(Protocol):
     async def forget_user(self, user_id: str) -> int:
         """Delete the user's ratings and the replies to them; returns how many records."""
         ...
+
+
+class Journal(Protocol):
+    """A durable local queue of writes the stores could not take (bot.journal.SqliteJournal)."""
+
+    @property
+    def pending(self) -> bool:
+        """Writes this process knows of wait to be applied (new writes must queue behind them)."""
+        ...
+
+    async def append(self, writes: Sequence[Write]) -> None:
+        """Durable when it returns; raises JournalError (disk error, journal full)."""
+        ...
+
+    async def prepend(self, writes: Sequence[Write]) -> None:
+        """Like append, but ahead of every pending write (for writes older than all of them)."""
+        ...
+
+    async def oldest(self, limit: int) -> list[tuple[int, Write]]: ...
+
+    async def remove(self, ids: Sequence[int]) -> None: ...
+
+    async def bury(self, entry_id: int, reason: str) -> None:
+        """Set aside a write that can never be applied."""
+        ...
+
+    async def settle(self) -> bool:
+        """Whether nothing is pending (in any process sharing the journal); refreshes `pending`."""
+        ...
+
+    async def forget_user(self, user_id: str) -> int: ...
+
+    async def forget_conversation(self, conversation_id: str) -> int: ...
+
+    def claim_replay(self) -> bool:
+        """Become the one replayer of this journal (non-blocking)."""
+        ...
+
+    def release_replay(self) -> None: ...
 
 
 class PersonaRegistry(Protocol):

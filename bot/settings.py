@@ -26,6 +26,19 @@ class RedisSettings(BaseModel):
     key_prefix: str = Field(default="bot", description="Prefix of every key this bot writes.")
     max_connections: int = Field(default=32, ge=1, description="Size of the one connection pool.")
     socket_timeout: float = Field(default=5.0, gt=0, description="Seconds before a Redis call fails.")
+    forget_rewrite_timeout_s: float = Field(
+        default=60.0, ge=0, description="After /forget-me: seconds to wait for Redis to rewrite its AOF and RDB "
+        "files without the user's data (0: do not rewrite)."
+    )
+
+
+class JournalSettings(BaseModel):
+    max_mb: int = Field(
+        default=256, ge=1, description="Size cap of the local journal that keeps writes while Redis is down."
+    )
+    retry_max_s: float = Field(
+        default=2.0, gt=0, description="Longest wait between attempts to replay the journal into Redis."
+    )
 
 
 class ModelSettings(BaseModel):
@@ -175,11 +188,14 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Field(default=Path("data"), description="Embedded Redis data, converted model cache.")
+    data_dir: Path = Field(
+        default=Path("data"), description="Embedded Redis data, write journal, converted model cache."
+    )
     personas_dir: Path = Field(default=Path("personas"), description="Where persona YAML files live.")
     default_persona: str = Field(default="assistant", description="Persona used when none is chosen.")
     log_level: str = Field(default="WARNING", description="Python logging level.")
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)

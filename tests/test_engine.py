@@ -20,7 +20,7 @@ from bot.app import Runtime, build_runtime
 from bot.domain.messages import ChatMessage, ChatRequest, Speaker
 from bot.domain.persona import Persona
 from bot.engine import ReplyFinished, TextDelta, to_langchain
-from bot.errors import ModelError, PersonaNotFound, StoreError
+from bot.errors import ModelError, PersonaNotFound
 from bot.models.scripted import ScriptedChatModel, approx_token_count
 from bot.models.streaming import can_skip_run_manager, stream_chat
 from bot.ports import BoundModel
@@ -138,21 +138,31 @@ async def test_ratings_and_reset_and_forget(runtime: Runtime) -> None:
     assert await runtime.memory.load("c1", 10) == [] and await runtime.feedback.get(done.reply_id) is None
 
 
-async def test_redis_outage_is_a_store_error_and_recovery_needs_no_restart(tmp_path: Path, settings: Settings) -> None:
+async def test_a_redis_outage_answers_without_memory_keeps_the_reply_and_needs_no_restart(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     server = EmbeddedRedis(tmp_path / "own-redis", port=free_port())
     url = server.start()
     own = settings.model_copy(update={"redis": RedisSettings(url=url, socket_timeout=1.0)})
     try:
         async with build_runtime(own, model_provider=Scripted()) as rt:
+            assert rt.replayer is not None
             await rt.engine.reply(ask("before"))
             server.stop()
-            with pytest.raises(StoreError):
-                await rt.engine.reply(ask("during"))
+            during = await rt.engine.reply(ask("during"))
+            assert during.text == "[Ada] You said: during", "answered, without the remembered turns"
+            assert "Redis is unavailable" in caplog.text
+            assert "before" not in str(during.record.prompt_messages)
             server.start()
+            async with asyncio.timeout(30):
+                await rt.replayer.settled()
             after = await rt.engine.reply(ask("after"))
             record = await rt.feedback.get(after.reply_id)
             assert record is not None
-            assert "before" in [m["content"] for m in record.prompt_messages]  # AOF kept the memory
+            said = [m["content"] for m in record.prompt_messages]
+            assert "before" in said, "AOF kept the memory"
+            assert "during" in said, "the journal kept the reply given during the outage"
+            assert await rt.feedback.get(during.reply_id) == during.record
     finally:
         server.stop()
 

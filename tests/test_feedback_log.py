@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from bot.domain.feedback import Rating, ReplyRecord, new_reply_id
+from bot.domain.ratings import MessageRating
 from bot.errors import ReplyNotFound
 from bot.feedback.redis_log import RedisFeedbackLog, stats_key
 from bot.redis_conn import RedisHandle
@@ -163,3 +164,68 @@ async def test_record_writes_every_index_a_transaction_used_to(redis_handle: Red
     assert await client.ttl(k("reply", r.reply_id)) == -1  # no retention: kept
     await log.record(record(user="alice", variant="short"))
     assert (await log.stats())[sk]["replies"] == 2
+
+
+# -- idempotency: a journal may replay writes the store already took ------------------------------
+
+
+async def test_recording_a_reply_twice_counts_it_once(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    await log.record(r)
+    await log.record(r)
+    assert (await log.stats())[stats_key("p", "1", "default")]["replies"] == 1
+    assert await redis_handle.client.zcard(redis_handle.key("replies")) == 1
+    assert await log.daily(stats_key("p", "1", "default")) == {"2023-11-14": {"replies": 1}}
+
+
+async def test_the_latest_rating_event_wins_whatever_the_order_of_arrival(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    await log.record(r)
+    sk = stats_key("p", "1", "default")
+    assert await log.rate(Rating(r.reply_id, "alice", -1, at=20.0)) == "rated"
+    assert await log.rate(Rating(r.reply_id, "alice", 1, at=10.0)) == "ignored", "older than the stored event"
+    assert await log.ratings(r.reply_id) == {"alice": -1}
+    assert await log.rate(Rating(r.reply_id, "alice", -1, at=20.0)) == "rated"  # the same event replayed
+    assert (await log.stats())[sk] == {"replies": 1, "down": 1}
+    assert await log.rate(Rating(r.reply_id, "alice", 0, at=30.0)) == "withdrawn"
+    # A withdrawal is an event too: an older rating replayed after it does not come back.
+    assert await log.rate(Rating(r.reply_id, "alice", 1, at=25.0)) == "ignored"
+    assert await log.ratings(r.reply_id) == {}
+    assert (await log.stats())[sk] == {"replies": 1, "down": 0}, "the stale 👍 never counted"
+
+
+async def test_a_message_rating_is_resolved_and_judged_when_applied(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle)
+    r = record()
+    assert await log.rate_message(MessageRating("discord:msg:1", "alice", 1, at=1.0)) == "ignored", "no such message"
+    await log.record(r)
+    await log.link("discord:msg:1", r.reply_id)
+    await log.link("discord:msg:2", r.reply_id)  # a reply split over two messages
+    assert await log.rate_message(MessageRating("discord:msg:1", "alice", 1, at=2.0)) == "rated"
+    assert await log.rate_message(MessageRating("discord:msg:2", "alice", -1, at=3.0)) == "rated"
+    # Removing 👍 while the rating is 👎 changes nothing; removing 👎 withdraws it.
+    assert await log.rate_message(MessageRating("discord:msg:1", "alice", 1, removed=True, at=4.0)) == "ignored"
+    assert await log.ratings(r.reply_id) == {"alice": -1}
+    assert await log.rate_message(MessageRating("discord:msg:2", "alice", -1, removed=True, at=5.0)) == "withdrawn"
+    assert await log.ratings(r.reply_id) == {}
+    assert (await log.stats())[stats_key("p", "1", "default")] == {"replies": 1, "up": 0, "down": 0}
+
+
+async def test_links_expire_with_their_record_and_go_with_forget_me(redis_handle: RedisHandle) -> None:
+    log = RedisFeedbackLog(redis_handle, retention_days=30)
+    client, k = redis_handle.client, redis_handle.key
+    mine = record(user="alice")
+    await log.link("discord:msg:7", mine.reply_id)  # the record may arrive later (replayed from a journal)
+    assert 29 * 86400 < await client.ttl(k("ext", "discord:msg:7")) <= 30 * 86400
+    await log.record(mine)
+    await client.expire(k("reply", mine.reply_id), 1000)
+    await log.link("discord:msg:8", mine.reply_id)
+    assert 990 < await client.ttl(k("ext", "discord:msg:8")) <= 1000, "the link lives as long as the record"
+    await log.rate_message(MessageRating("discord:msg:8", "bob", 1))
+    await log.forget_user("alice")
+    assert await log.resolve("discord:msg:7") is None and await log.resolve("discord:msg:8") is None
+    await log.link("discord:msg:9", mine.reply_id)  # a late (journaled) link of a forgotten reply
+    assert await log.resolve("discord:msg:9") is None
+    assert await client.exists(k("ratings", mine.reply_id, "at")) == 0

@@ -177,3 +177,17 @@ async def test_forgetting_also_drops_decoded_turns_from_process_memory(redis_han
     await store.load("d", 10)
     await store.clear("d")
     assert _decode_turn.cache_info().currsize == 0
+
+
+async def test_appending_a_replys_turns_twice_stores_them_once(redis_handle: RedisHandle) -> None:
+    # A write that timed out may have been applied before the journal replays it.
+    store = RedisMemoryStore(redis_handle)
+    await store.append("c1", pair(0), max_turns=5, ttl_seconds=60, reply_id="r0")
+    await store.append("c1", pair(1), max_turns=5, ttl_seconds=60, reply_id="r1")
+    await store.append("c1", pair(0), max_turns=5, ttl_seconds=60, reply_id="r0")
+    assert [t.content for t in await store.load("c1", 5)] == ["q0", "a0", "q1", "a1"]
+    assert 0 < await redis_handle.client.ttl(redis_handle.key("memdone", "c1")) <= 60
+    await store.clear("c1")
+    assert await redis_handle.client.exists(redis_handle.key("memdone", "c1")) == 0
+    await store.append("c1", pair(0), max_turns=5, ttl_seconds=60, reply_id="r0")
+    assert [t.content for t in await store.load("c1", 5)] == ["q0", "a0"], "after /forget it is a new turn"

@@ -2,9 +2,12 @@
 
 Keys (prefix `bot`; <sk> is the stats key "persona|version|variant"):
     bot:reply:<id>              STRING  the ReplyRecord JSON (expires after the prompt retention)
-    bot:reply:<id>:meta         HASH    persona/version/variant/user/created/day (kept for counting)
+    bot:reply:<id>:meta         HASH    persona/version/variant/user/created/day (kept for counting;
+                                        its "user" field goes with /forget-me)
+    bot:reply:<id>:links        SET     the external ids showing the reply (expires with the record)
     bot:ratings:<id>            HASH    user -> +1 / -1
     bot:ratings:<id>:ctx        HASH    user -> JSON of where the rating came from (discord ids...)
+    bot:ratings:<id>:at         HASH    user -> time of the user's latest rating event (also a removal)
     bot:stats:<sk>              HASH    replies / up / down counters, forever
     bot:daily:<sk>              HASH    "<YYYY-MM-DD>:replies|up|down" counters, forever
     bot:stats:index             SET     every <sk> (the report enumerates these, never KEYS)
@@ -13,12 +16,19 @@ Keys (prefix `bot`; <sk> is the stats key "persona|version|variant"):
     bot:persona:<pid>:rated     ZSET    the same, per persona
     bot:user:<uid>:replies      SET     replies whose prompt holds this user's words (for /forget-me)
     bot:user:<uid>:rated        SET     replies this user rated   (for /forget-me)
-    bot:ext:<external id>       STRING  transport message id -> reply id
+    bot:ext:<external id>       STRING  transport message id -> reply id (expires with the record)
 
-Recording a reply is one atomic Lua script (one command on the wire, where a MULTI/EXEC of the same
-writes costs the client a reply per queued command). A rating is one atomic Lua script too: it swaps
-the user's old value for the new one and moves the counters accordingly, so counters never drift
-under concurrent or repeated ratings.
+Every write is one atomic Lua script, and every one is safe to apply twice, because a write that
+timed out may have been applied and is then replayed from the journal (bot.journal):
+- recording a reply is a no-op when its meta hash exists (the meta outlives the record);
+- a rating event carries its time and applies only if it is not older than the user's latest event
+  on that reply, so replays and late events converge on the latest; the counters move by the
+  difference between the old and the new value, so they never drift;
+- a rating given on a transport message (a Discord reaction) is resolved to its reply inside the
+  script, and a removed reaction withdraws the rating only if it is the user's stored one, judged
+  there too, atomically, whenever the event is applied.
+The rating and link scripts derive key names from the prefix, so the log needs a standalone Redis
+(not Cluster), as the rest of the bot does.
 """
 
 from __future__ import annotations
@@ -29,38 +39,63 @@ from datetime import UTC, datetime
 from typing import cast
 
 from bot.domain.feedback import RatedReply, Rating, ReplyRecord
+from bot.domain.ratings import MessageRating, RateOutcome
 from bot.errors import ReplyNotFound
 from bot.redis_conn import RedisHandle, store_errors
 
 PAGE = 200
 
+# ARGV: 1 prefix, 2 reply id ('': resolve the external id), 3 external id, 4 user, 5 value (-1, 0, 1),
+#       6 removed (1: withdraw only if the stored value is ARGV[5]), 7 event time, 8 context JSON.
+# Returns {outcome, reply id}: rated, withdrawn, ignored (a removal that was not the user's rating),
+# stale (older than the user's latest event), nolink, noreply.
 _RATE_SCRIPT = """
-if redis.call('EXISTS', KEYS[7]) == 0 then return redis.error_reply('NOREPLY') end
-local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local new = tonumber(ARGV[2])
-local day = redis.call('HGET', KEYS[7], 'day')
-if old == 1 then redis.call('HINCRBY', KEYS[2], 'up', -1); redis.call('HINCRBY', KEYS[3], day .. ':up', -1) end
-if old == -1 then redis.call('HINCRBY', KEYS[2], 'down', -1); redis.call('HINCRBY', KEYS[3], day .. ':down', -1) end
-if new == 1 then redis.call('HINCRBY', KEYS[2], 'up', 1); redis.call('HINCRBY', KEYS[3], day .. ':up', 1) end
-if new == -1 then redis.call('HINCRBY', KEYS[2], 'down', 1); redis.call('HINCRBY', KEYS[3], day .. ':down', 1) end
-if new == 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1]); redis.call('HDEL', KEYS[8], ARGV[1]); redis.call('SREM', KEYS[6], ARGV[3])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], new); redis.call('HSET', KEYS[8], ARGV[1], ARGV[4])
-  redis.call('SADD', KEYS[6], ARGV[3])
-  local created = redis.call('HGET', KEYS[7], 'created')
-  redis.call('ZADD', KEYS[4], 'NX', created, ARGV[3]); redis.call('ZADD', KEYS[5], 'NX', created, ARGV[3])
+local p, user = ARGV[1], ARGV[4]
+local rid = ARGV[2]
+if rid == '' then
+  rid = redis.call('GET', p .. ':ext:' .. ARGV[3])
+  if not rid then return {'nolink', ''} end
 end
-return old
+local meta = p .. ':reply:' .. rid .. ':meta'
+local sk = redis.call('HGET', meta, 'sk')
+if not sk then return {'noreply', rid} end
+local times = p .. ':ratings:' .. rid .. ':at'
+local last = redis.call('HGET', times, user)
+if last and tonumber(last) > tonumber(ARGV[7]) then return {'stale', rid} end
+local ratings = p .. ':ratings:' .. rid
+local old = tonumber(redis.call('HGET', ratings, user) or '0')
+local new = tonumber(ARGV[5])
+if ARGV[6] == '1' then
+  if old ~= new then return {'ignored', rid} end
+  new = 0
+end
+redis.call('HSET', times, user, ARGV[7])
+redis.call('SADD', p .. ':user:' .. user .. ':rated', rid)
+if old ~= new then
+  local stats, daily, day = p .. ':stats:' .. sk, p .. ':daily:' .. sk, redis.call('HGET', meta, 'day')
+  if old == 1 then redis.call('HINCRBY', stats, 'up', -1); redis.call('HINCRBY', daily, day .. ':up', -1) end
+  if old == -1 then redis.call('HINCRBY', stats, 'down', -1); redis.call('HINCRBY', daily, day .. ':down', -1) end
+  if new == 1 then redis.call('HINCRBY', stats, 'up', 1); redis.call('HINCRBY', daily, day .. ':up', 1) end
+  if new == -1 then redis.call('HINCRBY', stats, 'down', 1); redis.call('HINCRBY', daily, day .. ':down', 1) end
+end
+if new == 0 then
+  redis.call('HDEL', ratings, user); redis.call('HDEL', ratings .. ':ctx', user)
+  return {'withdrawn', rid}
+end
+redis.call('HSET', ratings, user, new); redis.call('HSET', ratings .. ':ctx', user, ARGV[8])
+local created = redis.call('HGET', meta, 'created')
+redis.call('ZADD', p .. ':rated', 'NX', created, rid)
+redis.call('ZADD', p .. ':persona:' .. string.match(sk, '^[^|]*') .. ':rated', 'NX', created, rid)
+return {'rated', rid}
 """
 
-# Stores a reply record and counts it, atomically: the same writes, in the same order, as a MULTI/EXEC
-# of SET, HSET, HINCRBY, HINCRBY, SADD, ZADD, SADD per user.
+# Stores a reply record and counts it, atomically and once: a no-op when the reply's meta exists.
 # KEYS: 1 reply, 2 reply meta, 3 stats, 4 daily, 5 stats index, 6 replies zset, 7.. users' reply sets.
 # ARGV: 1 record JSON, 2 expiry in seconds (0: never), 3 reply id, 4 repr(created_at) (the ZADD score
 #       and the meta "created"), 5 stats key, 6 day (YYYY-MM-DD), 7 persona, 8 persona version,
 #       9 variant, 10 user. (Field names live in the script: fewer arguments to encode and send.)
 _RECORD_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local ex = tonumber(ARGV[2])
 if ex > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ex) else redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('HSET', KEYS[2], 'persona', ARGV[7], 'version', ARGV[8], 'variant', ARGV[9], 'user', ARGV[10],
@@ -70,6 +105,26 @@ redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':replies', 1)
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
 for i = 7, #KEYS do redis.call('SADD', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+# Links transport messages to a reply; the links expire with the reply's record (or after the
+# retention, ARGV[3] seconds, if the record is not stored yet). A forgotten reply (meta without
+# "user") is not linked again. ARGV: 1 prefix, 2 reply id, 3 retention in seconds (0: none), 4.. ids.
+_LINK_SCRIPT = """
+local p, rid = ARGV[1], ARGV[2]
+local meta = p .. ':reply:' .. rid .. ':meta'
+if redis.call('EXISTS', meta) == 1 and redis.call('HEXISTS', meta, 'user') == 0 then return 0 end
+local links = p .. ':reply:' .. rid .. ':links'
+local ttl = redis.call('PTTL', p .. ':reply:' .. rid)
+if ttl == -2 then ttl = tonumber(ARGV[3]) * 1000 end
+for i = 4, #ARGV do
+  local key = p .. ':ext:' .. ARGV[i]
+  redis.call('SET', key, rid)
+  redis.call('SADD', links, ARGV[i])
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+end
+if ttl > 0 then redis.call('PEXPIRE', links, ttl) end
 return 1
 """
 
@@ -88,6 +143,7 @@ class RedisFeedbackLog:
         self.retention_s = retention_days * 86400
         self._rate = redis.script(_RATE_SCRIPT)
         self._record = redis.script(_RECORD_SCRIPT)
+        self._link = redis.script(_LINK_SCRIPT)
 
     def k(self, *parts: str) -> str:
         return self.redis.key(*parts)
@@ -126,33 +182,40 @@ class RedisFeedbackLog:
             raw = await self.redis.client.get(self.k("reply", reply_id))
         return None if raw is None else ReplyRecord.from_json(raw)
 
-    async def rate(self, rating: Rating) -> None:
-        rid = rating.reply_id
+    async def rate(self, rating: Rating) -> RateOutcome:
+        """Apply one rating event (value 0 withdraws); raises ReplyNotFound for an unknown reply."""
+        outcome, _ = await self._apply_rating(
+            rating.reply_id, "", rating.user_id, rating.value, False, rating.at, rating.context
+        )
+        if outcome == "noreply":
+            raise ReplyNotFound(rating.reply_id)
+        return _outcome(outcome)
+
+    async def rate_message(self, rating: MessageRating) -> RateOutcome:
+        """Apply a rating given on a transport message; "ignored" when the message shows no reply."""
+        outcome, _ = await self._apply_rating(
+            "", rating.external_id, rating.user_id, rating.value, rating.removed, rating.at, rating.context
+        )
+        return _outcome(outcome)
+
+    async def _apply_rating(
+        self, reply_id: str, external_id: str, user: str, value: int, removed: bool, at: float, context: dict[str, str]
+    ) -> tuple[str, str]:
         with store_errors("store a rating"):
-            meta = await self.redis.client.hgetall(self.k("reply", rid, "meta"))
-            if not meta:
-                raise ReplyNotFound(rid)
-            sk = _text(meta[b"sk"])
-            persona = sk.split("|", 1)[0]
-            context = json.dumps({**rating.context, "at": rating.at})
-            try:
-                await self._rate(
-                    keys=[
-                        self.k("ratings", rid),
-                        self.k("stats", sk),
-                        self.k("daily", sk),
-                        self.k("rated"),
-                        self.k("persona", persona, "rated"),
-                        self.k("user", rating.user_id, "rated"),
-                        self.k("reply", rid, "meta"),
-                        self.k("ratings", rid, "ctx"),
-                    ],
-                    args=[rating.user_id, rating.value, rid, context],
-                )
-            except Exception as exc:
-                if "NOREPLY" in str(exc):
-                    raise ReplyNotFound(rid) from exc
-                raise
+            outcome, rid = await self._rate(
+                keys=[],
+                args=[
+                    self.redis.prefix,
+                    reply_id,
+                    external_id,
+                    user,
+                    value,
+                    int(removed),
+                    repr(at),
+                    json.dumps({**context, "at": at}, ensure_ascii=False),
+                ],
+            )
+        return _text(outcome), _text(rid)
 
     async def ratings(self, reply_id: str) -> dict[str, int]:
         with store_errors("read ratings"):
@@ -166,7 +229,7 @@ class RedisFeedbackLog:
 
     async def link(self, external_id: str, reply_id: str) -> None:
         with store_errors("link a message to a reply"):
-            await self.redis.client.set(self.k("ext", external_id), reply_id, ex=self.retention_s or None)
+            await self._link(keys=[], args=[self.redis.prefix, reply_id, self.retention_s, external_id])
 
     async def resolve(self, external_id: str) -> str | None:
         with store_errors("look up a message"):
@@ -230,7 +293,8 @@ class RedisFeedbackLog:
             start += PAGE
 
     async def forget_user(self, user_id: str) -> int:
-        """Delete replies to this user and this user's ratings elsewhere; returns how many of each.
+        """Delete replies to this user (with their ratings and message links) and this user's ratings
+        elsewhere; returns how many of each.
 
         Counters stay: they are anonymous aggregates, and reports must not jump when a user leaves.
         """
@@ -242,10 +306,20 @@ class RedisFeedbackLog:
             async with client.pipeline(transaction=False) as pipe:
                 for rid in replies:
                     pipe.hget(self.k("reply", rid, "meta"), "persona")
-                personas = [_text(p) if p else "" for p in await pipe.execute()]
+                    pipe.smembers(self.k("reply", rid, "links"))
+                found = await pipe.execute()
+            personas = [_text(p) if p else "" for p in found[::2]]
+            links = [[_text(e) for e in members] for members in found[1::2]]
             async with client.pipeline(transaction=True) as pipe:
-                for rid, persona in zip(replies, personas, strict=True):
-                    pipe.delete(self.k("reply", rid), self.k("ratings", rid), self.k("ratings", rid, "ctx"))
+                for rid, persona, external in zip(replies, personas, links, strict=True):
+                    pipe.delete(
+                        self.k("reply", rid),
+                        self.k("reply", rid, "links"),
+                        self.k("ratings", rid),
+                        self.k("ratings", rid, "ctx"),
+                        self.k("ratings", rid, "at"),
+                        *(self.k("ext", e) for e in external),
+                    )
                     pipe.hdel(self.k("reply", rid, "meta"), "user")
                     pipe.zrem(self.k("replies"), rid)
                     pipe.zrem(self.k("rated"), rid)
@@ -253,6 +327,13 @@ class RedisFeedbackLog:
                 for rid in rated:
                     pipe.hdel(self.k("ratings", rid), user_id)
                     pipe.hdel(self.k("ratings", rid, "ctx"), user_id)
+                    pipe.hdel(self.k("ratings", rid, "at"), user_id)
                 pipe.delete(self.k("user", user_id, "replies"), self.k("user", user_id, "rated"))
                 await pipe.execute()
         return len(replies) + len(rated)
+
+
+def _outcome(outcome: str) -> RateOutcome:
+    if outcome in ("rated", "withdrawn"):
+        return cast(RateOutcome, outcome)
+    return "ignored"  # stale, nolink, noreply (of a message), or a removal that was not the rating

@@ -2,10 +2,14 @@
 
 Keys (prefix `bot`):
     bot:mem:<conversation>        LIST of turns, newest last, capped at 2 * max_turns, with a TTL
+    bot:memdone:<conversation>    ZSET of the reply ids whose turns were appended (the newest few),
+                                  so appending the same reply's turns twice is a no-op
     bot:user:<user>:convs         SET of conversations the user wrote in (for /forget-me)
 
 Loading is one command; appending is one atomic Lua script (one command and one reply on the wire,
 where a MULTI/EXEC transaction of the same writes costs the client a reply per queued command).
+An append that timed out may still have been applied (a stalled server runs it when it resumes)
+and is then replayed from the write journal: the reply id makes the second one a no-op.
 """
 
 from __future__ import annotations
@@ -37,18 +41,26 @@ return removed
 """
 
 
-# Appends turns and keeps the indexes, atomically: the same writes, in the same order, as a
-# MULTI/EXEC of RPUSH, LTRIM, (SADD, EXPIRE) per user, EXPIRE.
-# KEYS[1] the conversation list, KEYS[2..] each writer's conversation set.
+# Appends turns once per reply id and keeps the indexes, atomically.
+# KEYS[1] the conversation list, KEYS[2] its applied-replies zset, KEYS[3..] each writer's conversation set.
 # ARGV[1] turns kept (2 * max_turns), ARGV[2] TTL in seconds (0: none), ARGV[3] conversation id,
-# ARGV[4..] the turns' JSON (pushed in slices: unpack() is bounded by Lua's stack).
+# ARGV[4] reply id ('' : no idempotency key), ARGV[5] the time (zset score), ARGV[6..] the turns' JSON
+# (pushed in slices: unpack() is bounded by Lua's stack). Returns 0 when the reply was already applied.
 _APPEND_SCRIPT = """
-for i = 4, #ARGV, 1000 do
+local rid = ARGV[4]
+if rid ~= '' and redis.call('ZSCORE', KEYS[2], rid) then return 0 end
+for i = 6, #ARGV, 1000 do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+local keep = tonumber(ARGV[1])
+redis.call('LTRIM', KEYS[1], -keep, -1)
 local ttl = tonumber(ARGV[2])
-for i = 2, #KEYS do
+if rid ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[5], rid)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(keep + 65))
+  if ttl ~= 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+for i = 3, #KEYS do
   redis.call('SADD', KEYS[i], ARGV[3])
   if ttl ~= 0 then redis.call('EXPIRE', KEYS[i], ttl) end
 end
@@ -85,6 +97,9 @@ class RedisMemoryStore:
     def _key(self, conversation_id: str) -> str:
         return self.redis.key("mem", conversation_id)
 
+    def _done_key(self, conversation_id: str) -> str:
+        return self.redis.key("memdone", conversation_id)
+
     def _user_key(self, user_id: str) -> str:
         return self.redis.key("user", user_id, "convs")
 
@@ -96,18 +111,26 @@ class RedisMemoryStore:
         return _decode_turns(raw)
 
     async def append(
-        self, conversation_id: str, turns: Sequence[StoredTurn], *, max_turns: int, ttl_seconds: int
+        self,
+        conversation_id: str,
+        turns: Sequence[StoredTurn],
+        *,
+        max_turns: int,
+        ttl_seconds: int,
+        reply_id: str | None = None,
     ) -> None:
         if max_turns <= 0 or not turns:
             return
         users = sorted({t.user_id for t in turns if t.user_id})
         with store_errors("save conversation memory"):
             await self._append(
-                keys=[self._key(conversation_id), *(self._user_key(u) for u in users)],
+                keys=[self._key(conversation_id), self._done_key(conversation_id), *(self._user_key(u) for u in users)],
                 args=[
                     2 * max_turns,
                     ttl_seconds,
                     conversation_id,
+                    reply_id or "",
+                    repr(turns[-1].at),
                     *(_encode_turn(t) for t in turns),
                 ],
             )
@@ -115,7 +138,7 @@ class RedisMemoryStore:
     async def clear(self, conversation_id: str) -> None:
         _decode_turn.cache_clear()  # forgotten means gone from this process's memory too
         with store_errors("clear conversation memory"):
-            await self.redis.client.delete(self._key(conversation_id))
+            await self.redis.client.delete(self._key(conversation_id), self._done_key(conversation_id))
 
     async def forget_user(self, user_id: str) -> int:
         _decode_turn.cache_clear()

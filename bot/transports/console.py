@@ -126,8 +126,9 @@ class ConsoleSession:
         elif self.last_reply_id is None:
             self.say("nothing to rate yet")
         else:
-            await self.engine.rate(self.last_reply_id, self.speaker.id, value, source="console")
-            self.say(f"(rated {'👍' if value > 0 else '👎'} — thanks)")
+            outcome = await self.engine.rate(self.last_reply_id, self.speaker.id, value, source="console")
+            kept = " (storage is down: kept, and stored when it is back)" if outcome == "queued" else ""
+            self.say(f"(rated {'👍' if value > 0 else '👎'} — thanks){kept}")
 
     async def switch(self, persona_id: str) -> None:
         if not persona_id:

@@ -182,10 +182,9 @@ class MessageHandler:
             raise
 
     async def _link(self, message_ids: list[int], reply_id: str) -> None:
-        """Remember which reply the messages show, so reactions on them rate it."""
+        """Remember which reply the messages show, so reactions on them rate it (journaled if Redis is down)."""
         try:
-            for message_id in message_ids:
-                await self.services.engine.feedback.link(external_id(message_id), reply_id)
+            await self.services.engine.link_shown(reply_id, [external_id(m) for m in message_ids])
         except StoreError as exc:
             log.warning("reply %s was shown but cannot be rated: %s", reply_id, exc)
 

@@ -2,19 +2,25 @@
 
 One rating per user per reply: a new reaction replaces the user's rating; removing the reaction
 that matches the stored rating withdraws it. Reactions by bots (the bot included) and reactions
-on other messages are ignored. Each handled reaction ends with `persona_rated(payload, outcome)`.
+on other messages are ignored. Each handled reaction ends with `persona_rated(payload, outcome)`,
+outcome one of "rated", "withdrawn", "ignored" or "queued".
+
+A reaction is handed to the engine as it arrived (the message it names, the time it arrived):
+which reply the message shows, and whether a removal withdraws the rating, is decided where the
+rating is applied, atomically. So a reaction during a Redis outage is journaled ("queued") and
+rated correctly when Redis is back, after the reactions that came before it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import discord
 from discord.ext import commands
 
 from bot.engine import ConversationLocks
-from bot.errors import ReplyNotFound
-from bot.transports.discord.services import Services, user_id
+from bot.transports.discord.services import Services, external_id, user_id
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ class RatingsCog(commands.Cog):
     def __init__(self, bot: discord.Client, services: Services) -> None:
         self.bot = bot
         self.services = services
-        self._locks = ConversationLocks()  # one rating change at a time per (message, user)
+        self._locks = ConversationLocks()  # one (message, user)'s reactions reach the store in arrival order
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -44,32 +50,29 @@ class RatingsCog(commands.Cog):
         await self._handle(payload, added=False)
 
     async def _handle(self, payload: discord.RawReactionActionEvent, *, added: bool) -> None:
+        arrived = time.time()  # Discord's reaction events carry no time of their own
         outcome = "ignored"
         try:
-            outcome = await self._rate(payload, added=added)
+            outcome = await self._rate(payload, added=added, at=arrived)
         finally:
             self.bot.dispatch("persona_rated", payload, outcome)
 
-    async def _rate(self, payload: discord.RawReactionActionEvent, *, added: bool) -> str:
+    async def _rate(self, payload: discord.RawReactionActionEvent, *, added: bool, at: float) -> str:
         value = rating_of(payload.emoji)
         if value is None or self._by_a_bot(payload):
             return "ignored"
-        reply_id = await self.services.reply_id_of(payload.message_id)
-        if reply_id is None:
-            return "ignored"  # not one of the bot's replies
-        rater = user_id(payload.user_id)
         async with self._locks.get(f"{payload.message_id}:{payload.user_id}"):
-            if not added:
-                current = (await self.services.engine.feedback.ratings(reply_id)).get(rater)
-                if current != value:
-                    return "ignored"  # the user's rating came from their other reaction
-                value = 0
-            try:
-                await self.services.engine.rate(reply_id, rater, value, **self._context(payload))
-            except ReplyNotFound:
-                log.info("reaction on message %s: its reply record has expired", payload.message_id)
-                return "ignored"
-        return "rated" if value else "withdrawn"
+            outcome = await self.services.engine.rate_message(
+                external_id(payload.message_id),
+                user_id(payload.user_id),
+                value,
+                removed=not added,
+                at=at,
+                context=self._context(payload),
+            )
+        if outcome == "queued":
+            log.info("reaction on message %s kept in the journal until Redis is back", payload.message_id)
+        return outcome
 
     def _by_a_bot(self, payload: discord.RawReactionActionEvent) -> bool:
         if self.bot.user is not None and payload.user_id == self.bot.user.id:

@@ -3,7 +3,8 @@
     BotError
     ├── ConfigError                  settings or environment unusable (one-line message for the CLI)
     ├── PersonaError
-    │   ├── PersonaFileError         a persona file is broken: .path, .field, .line
+    │   ├── PersonaFileError         one problem in a file under personas/: .path, .line, .column, .field
+    │   │   └── PersonaFileProblems  every problem of one file: .problems (PersonaFileError each)
     │   └── PersonaNotFound          .persona_id is not loaded
     ├── StoreError                   Redis failed (wraps the redis-py error as __cause__)
     │   └── StoreUnavailable         Redis cannot be reached at all: .url (password masked)
@@ -35,16 +36,49 @@ class PersonaError(BotError):
 
 
 class PersonaFileError(PersonaError):
-    """A persona file failed to parse or validate."""
+    """One problem in a file under personas/ (a persona, a test suite, a lorebook...).
 
-    def __init__(self, path: Path, message: str, *, field: str | None = None, line: int | None = None):
+    Shown as `file:line:column [field]: message`; line, column and field are left out when unknown.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        message: str,
+        *,
+        field: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ):
         self.path = path
         self.field = field
         self.line = line
+        self.column = column
         self.message = message
-        where = f"{path}:{line}" if line is not None else str(path)
+        where = str(path)
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
         what = f" [{field}]" if field else ""
         super().__init__(f"{where}{what}: {message}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"file": str(self.path), "line": self.line, "column": self.column, "field": self.field,
+                "message": self.message}
+
+
+class PersonaFileProblems(PersonaFileError):
+    """Every problem found in one file, in file order; reads as one `file:line:column` line each.
+
+    Its own path, line, column and field are the first problem's.
+    """
+
+    def __init__(self, problems: list[PersonaFileError]):
+        if not problems:
+            raise ValueError("PersonaFileProblems needs at least one problem")
+        first = problems[0]
+        super().__init__(first.path, first.message, field=first.field, line=first.line, column=first.column)
+        self.problems = tuple(problems)
+        self.args = ("\n".join(str(p) for p in problems),)
 
 
 class PersonaNotFound(PersonaError):

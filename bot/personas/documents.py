@@ -97,6 +97,9 @@ class Document:
     text: str
     root: Node
     data: Any = field(default=None)
+    #: Problems that did not stop parsing (a duplicate key, a control character in a value): the
+    #: caller lists them with its own validation problems.
+    problems: list[PersonaFileError] = field(default_factory=list)
 
     def node_at(self, loc: Sequence[str | int]) -> tuple[Node, Node | None]:
         """(nearest node on the way to `loc`, its key node when it is a mapping value)."""
@@ -275,8 +278,8 @@ def parse_document(path: Path, text: str, limits: Limits = DEFAULT_LIMITS) -> Do
     """Parse YAML text (JSON is YAML) into a Document; raises PersonaFileProblems."""
     if len(text) > limits.max_bytes:
         raise file_problem(path, f"too large: {len(text):,} characters (the limit is {limits.max_bytes:,})")
-    problems = _Problems(path, limits)
-    composer = _Composer(path, text, limits, problems)
+    problems, soft = _Problems(path, limits), _Problems(path, limits)
+    composer = _Composer(path, text, limits, problems, soft)
     try:
         root = composer.compose()
     except _Stop:
@@ -290,9 +293,11 @@ def parse_document(path: Path, text: str, limits: Limits = DEFAULT_LIMITS) -> Do
     except (RecursionError, MemoryError):  # pragma: no cover - depth is bounded before this
         problems.add("invalid YAML: too deeply nested", 1, 1)
         root = None
-    problems.raise_if_any()
+    if problems.found:
+        problems.found = sorted(soft.found + problems.found, key=lambda e: (e.line or 0, e.column or 0))
+        problems.raise_if_any()
     assert root is not None
-    document = Document(path, text, root)
+    document = Document(path, text, root, problems=soft.found)
     document.data = _values(root)
     return document
 
@@ -320,11 +325,13 @@ def _yaml_error(exc: yaml.MarkedYAMLError, open_quote: Node | None) -> tuple[str
 class _Composer:
     """Events to Nodes, iteratively, with every limit checked as the events arrive."""
 
-    def __init__(self, path: Path, text: str, limits: Limits, problems: _Problems) -> None:
+    def __init__(self, path: Path, text: str, limits: Limits, problems: _Problems, soft: _Problems) -> None:
         self.path = path
         self.text = text
         self.limits = limits
         self.problems = problems
+        self.soft = soft
+        self.segments: list[str | int] = []  # where the open collections are: keys and indexes
         self.anchors: dict[str, Node] = {}
         self.values = 0
         self.last_multiline_quote: Node | None = None
@@ -350,6 +357,8 @@ class _Composer:
             if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
                 node, anchor = stack.pop()
                 keys.pop()
+                if stack:
+                    self.segments.pop()
                 node.size = 1 + sum(
                     (k.size + v.size for k, v in node.value) if node.kind == "map" else (v.size for v in node.value)
                 )
@@ -364,7 +373,8 @@ class _Composer:
                 node = Node(kind, mark.line + 1, mark.column + 1, [])
                 self._count(1, mark)
                 if stack:
-                    self._attach(stack[-1][0], keys, node, mark, None)
+                    segment = self._attach(stack[-1][0], keys, node, mark, None)
+                    self.segments.append("" if segment is None else segment)  # None: never (a key raises)
                 root = root or node
                 stack.append((node, event.anchor))
                 keys.append(None)
@@ -381,33 +391,47 @@ class _Composer:
                 if event.anchor:
                     self.anchors[event.anchor] = node
             if stack:
-                self._attach(stack[-1][0], keys, node, mark, text)
+                segment = self._attach(stack[-1][0], keys, node, mark, text)
+                self._check_text(text if segment is None else node.value, segment, mark)
             else:
                 root = node
         return root if root is not None else Node("scalar", 1, 1, None)
 
-    def _attach(self, parent: Node, keys: list[Node | None], node: Node, mark: Any, key_text: str | None) -> None:
-        """Add `node` to the open collection `parent` (as a list item, a key, or a key's value)."""
+    def _attach(
+        self, parent: Node, keys: list[Node | None], node: Node, mark: Any, key_text: str | None
+    ) -> str | int | None:
+        """Add `node` to the open collection `parent` (as a list item, a key, or a key's value);
+        returns where it went (its index or key), None when it is a key."""
         if parent.kind == "seq":
             if len(parent.value) >= self.limits.max_items:
                 raise self.stop(f"more than {self.limits.max_items:,} items in one list", mark)
             parent.value.append(node)
-            return
+            return len(parent.value) - 1
         key = keys[-1]
         if key is None:
             if key_text is None:
                 raise self.stop("a key must be plain text, not a list or mapping", mark)
             # Keys are the text as written: `on:` stays "on", `1:` stays "1" (field names are text).
             keys[-1] = Node("scalar", mark.line + 1, mark.column + 1, key_text)
-            return
+            return None
         if len(parent.value) >= self.limits.max_keys:
             raise self.stop(f"more than {self.limits.max_keys:,} keys in one mapping", mark)
         for other, _ in parent.value:
             if other.value == key.value:
-                self.problems.add(f"duplicate key {key.value!r} (first at line {other.line})", key.line, key.column)
+                self.soft.add(f"duplicate key {key.value!r} (first at line {other.line}; only one is used)",
+                              key.line, key.column, self._field(key.value))
                 break
         parent.value.append((key, node))
         keys[-1] = None
+        return str(key.value)
+
+    def _field(self, last: str | int | None) -> str:
+        return ".".join(str(s) for s in (*self.segments, *(() if last is None else (last,))))
+
+    def _check_text(self, value: object, segment: str | int | None, mark: Any) -> None:
+        if isinstance(value, str) and (bad := _VALUE_FORBIDDEN.search(value)) is not None:
+            self.soft.add(f"character U+{ord(bad.group()):04X} is not allowed in text (control characters and "
+                          "lone surrogates)", mark.line + 1, mark.column + 1, self._field(segment) or None)
 
     def _count(self, values: int, mark: Any) -> None:
         self.values += values
@@ -433,11 +457,6 @@ class _Composer:
         if tag not in _SCALAR_TAGS:
             raise self.stop(f"unsupported tag {tag} (plain text, numbers, true/false and null only)", mark)
         node.value = self._construct(tag, text, node, mark)
-        if isinstance(node.value, str):
-            bad = _VALUE_FORBIDDEN.search(node.value)
-            if bad is not None:
-                self.fail(f"character U+{ord(bad.group()):04X} is not allowed in text (control characters "
-                          "and lone surrogates)", mark)
         return node
 
     def _construct(self, tag: str, text: str, node: Node, mark: Any) -> Any:

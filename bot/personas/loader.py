@@ -104,7 +104,7 @@ def persona_from_document(document: Document, *, adapters_root: Path | None = No
     """Validate a parsed persona file; raises PersonaFileProblems with every problem."""
     data = document.data
     if not isinstance(data, dict):
-        raise PersonaFileProblems([PersonaFileError(
+        raise PersonaFileProblems([*document.problems, PersonaFileError(
             document.path, "a persona file must be a mapping of fields (id, name, system_prompt...)", line=1, column=1
         )])
     data = {k: v for k, v in data.items() if k not in SIDE_KEYS}
@@ -112,9 +112,10 @@ def persona_from_document(document: Document, *, adapters_root: Path | None = No
     if isinstance(version, int | float) and not isinstance(version, bool):
         data["version"] = _raw_scalar(document, ("version",))
     persona, problems = validation_problems(document, Persona, data)
+    problems += document.problems
     if adapters_root is not None:
-        problems = sorted(problems + _adapter_problems(document, data, adapters_root),
-                          key=lambda e: (e.line or 0, e.column or 0))
+        problems += _adapter_problems(document, data, adapters_root)
+    problems.sort(key=lambda e: (e.line or 0, e.column or 0))
     if problems:
         raise PersonaFileProblems(problems)
     return persona

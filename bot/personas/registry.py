@@ -48,6 +48,11 @@ class PersonaChanges:
     def touched(self) -> frozenset[str]:
         return self.added | self.changed | self.removed
 
+    def __str__(self) -> str:
+        parts = [f"{word} {', '.join(sorted(ids))}" for word, ids in
+                 (("added", self.added), ("changed", self.changed), ("removed", self.removed)) if ids]
+        return "; ".join(parts) or "no changes"
+
 
 Listener = Callable[[PersonaChanges], object]
 

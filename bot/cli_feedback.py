@@ -207,6 +207,9 @@ def eval_command(
     cases: Annotated[Path | None, typer.Option("--cases", help="Read the test cases from this file instead.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Persona whose model answers judge questions.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON results instead of tables.")] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-j", help="Replies generated at once (batched locally).", min=1)
+    ] = 8,
 ) -> None:
     """Run persona test suites against the real backend; exit 1 when a pass rate is below the threshold."""
     from bot.cli import run_async, settings
@@ -232,7 +235,8 @@ def eval_command(
         try:
             # Load the local model first, so the first case's latency is not the model load.
             await provider.warm_up([t.persona for t in targets] + ([judge_persona] if judge_persona else []))
-            return await run_evals(targets, responder, judge_for=judge_for, repeat=repeat, on_run=_progress)
+            return await run_evals(targets, responder, judge_for=judge_for, repeat=repeat, on_run=_progress,
+                                   concurrency=concurrency)
         finally:
             provider.close()
             _echo_err("")

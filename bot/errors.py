@@ -51,19 +51,27 @@ class PersonaFileError(PersonaError):
         column: int | None = None,
     ):
         self.path = path
-        self.field = field
+        self.field = None if field is None else _one_line(field)
         self.line = line
         self.column = column
-        self.message = message
-        where = str(path)
+        self.message = _one_line(message)
+        field = self.field
+        where = _one_line(str(path))
         if line is not None:
             where += f":{line}" + (f":{column}" if column is not None else "")
         what = f" [{field}]" if field else ""
-        super().__init__(f"{where}{what}: {message}")
+        super().__init__(f"{where}{what}: {self.message}")
 
     def to_dict(self) -> dict[str, object]:
         return {"file": str(self.path), "line": self.line, "column": self.column, "field": self.field,
                 "message": self.message}
+
+
+def _one_line(text: str) -> str:
+    """Text from a file (a key, a value) shown safely on one line: controls and newlines escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class PersonaFileProblems(PersonaFileError):

@@ -107,7 +107,9 @@ class Document:
         for part in loc:
             found = node.child(part)
             if found is None:
-                break
+                # Not in the file: a missing field (stay at its parent), or a name pydantic adds to a
+                # location (a tagged union's tag): the parts after it may still be found.
+                continue
             key, node = found
         return node, key
 

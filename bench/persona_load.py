@@ -24,6 +24,7 @@ from bench.common import machine_line, record_section  # noqa: E402
 from bot.errors import PersonaFileProblems  # noqa: E402
 from bot.personas.documents import Limits, parse_document  # noqa: E402
 from bot.personas.loader import load_directory  # noqa: E402
+
 PLAIN = (REPO / "personas" / "captain.yaml").read_text()
 BIG = Limits(max_bytes=50_000_000)
 HOSTILE = {

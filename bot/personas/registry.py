@@ -3,7 +3,7 @@
     registry = FilePersonaRegistry(Path("personas"), adapters_root=Path("adapters"))
     registry.reload()                        # read every file (sync: start-up, CLI commands)
     registry.add_validator(check_adapters)   # async (personas) -> {persona id: why it cannot serve}
-    registry.on_reload(listener)             # listener(PersonaChanges) after every change
+    registry.on_reload(listener)             # listener(PersonaChanges) after every reload
     await registry.refresh()                 # re-read, validate, swap in, notify (hot reload)
 
 A reload never makes things worse for a file that was working: a broken edit keeps the last good
@@ -137,18 +137,19 @@ class FilePersonaRegistry:
             log.error("persona problem: %s", error)
         if changes:
             self.reloads += 1
-            log.info("personas reloaded: added %s, changed %s, removed %s",
-                     sorted(changes.added), sorted(changes.changed), sorted(changes.removed))
-            for listener in list(self._listeners):
-                try:
-                    listener(changes)
-                except Exception:  # one broken listener must not stop the others or the reload
-                    log.exception("persona reload listener %r failed", listener)
+            log.info("personas reloaded: %s", changes)
+        # Every reload notifies, even one that changed no persona (files may have been rewritten as
+        # they were): listeners drop caches, and an extra drop is cheap while a missed one is stale.
+        for listener in list(self._listeners):
+            try:
+                listener(changes)
+            except Exception:  # one broken listener must not stop the others or the reload
+                log.exception("persona reload listener %r failed", listener)
         return changes
 
     def on_reload(self, listener: Listener) -> None:
-        """Call `listener(changes)` after every reload that changed something (drop caches keyed
-        by persona, re-resolve places that used a removed persona...)."""
+        """Call `listener(changes)` after every reload (drop caches keyed by persona...); `changes`
+        says which personas were added, changed or removed, and is empty when none was."""
         self._listeners.append(listener)
 
     def add_validator(self, validator: Validator) -> None:

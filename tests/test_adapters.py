@@ -20,7 +20,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from bot.adapters import AdapterBank, AdapterError
-from bot.adapters.spec import BaseModelInfo, normalize_model_name
+from bot.adapters.spec import BaseModelInfo, normalize_model_name, same_base_model
 from bot.domain.persona import GenerationParams
 from bot.errors import ModelLoadError
 from bot.models.local import GenerationResult, LocalChatModel, LocalRuntime
@@ -342,13 +342,19 @@ def test_bad_adapter_is_a_clear_error_and_leaves_the_others_alone(
     assert (runtime.adapters.adapters(), set(runtime.adapters.peft_model.peft_config)) == before
 
 
-def test_model_names_compare_loosely() -> None:
+def test_base_model_identity_is_exact_up_to_quantization_suffixes() -> None:
+    loaded_from = "data/models/SmolLM2-135M-Instruct.Q4_1-98362432"
+    base = BaseModelInfo("SmolLM2-135M-Instruct", "LlamaForCausalLM", 576, 30, 49152,
+                         aliases=(Path(loaded_from).name, loaded_from))
     same = [
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "data/models/SmolLM2-135M-Instruct.Q4_1-98362432",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",  # the shipped model's hub id
+        "data/models/SmolLM2-135M-Instruct.Q4_1-98362432",  # the directory it was loaded from
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "smollm2-135m-instruct-f16",
         "SmolLM2-135M-Instruct",
     ]
-    assert {normalize_model_name(n) for n in same} == {"smollm2-135m-instruct"}
-    assert normalize_model_name("HuggingFaceTB/SmolLM2-360M-Instruct") != "smollm2-135m-instruct"
+    assert all(same_base_model(n, base) for n in same)
+    for other in ("https://evil.example/SmolLM2-135M-Instruct", "evil/SmolLM2-135M-Instruct",
+                  "/somewhere/else/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "Instruct"):
+        assert not same_base_model(other, base), other
+    assert normalize_model_name("Org/Model.Q4_1.gguf") == "org/model"

@@ -32,7 +32,7 @@ def is_ephemeral(answer: dict[str, Any]) -> bool:
 async def test_commands_are_registered_with_discord(h: DiscordHarness) -> None:
     names = {c["name"]: c for c in h.fake.commands}
     assert set(names) == {"persona", "forget", "forget-me", "feedback"}
-    assert {o["name"] for o in names["persona"]["options"]} == {"list", "show", "set", "reset"}
+    assert {o["name"] for o in names["persona"]["options"]} == {"list", "show", "set", "reset", "reload"}
 
 
 async def test_persona_set_by_an_admin_changes_the_voice_and_survives_a_restart(h: DiscordHarness) -> None:

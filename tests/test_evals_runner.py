@@ -178,6 +178,7 @@ def test_load_suite_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(PersonaFileError, match="invalid regular expression") as info:
         load_suite(tmp_path, "pirate")
     assert info.value.path.name == "pirate.yaml" and info.value.field == "cases.0.assertions.0.regex.pattern"
+    assert (info.value.line, info.value.column) == (3, 39)  # the pattern itself
 
     broken = write(tmp_path / "broken.yaml", "cases: [\n")
     with pytest.raises(PersonaFileError, match="invalid YAML"):

@@ -109,7 +109,8 @@ async def test_lora_personas_use_the_served_adapter_and_soft_prompts_are_refused
     for name in ("pirate-lora", "pirate-soft"):
         persona = PERSONA.replace("id: remote", f"id: {name}") + f"adapter: {tmp_path / 'adapters' / name}\n"
         Path(settings.personas_dir, f"{name}.yaml").write_text(persona)
-    cfg = settings.model_copy(update={"model": settings.model.model_copy(update={"openai_base_url": url})})
+    cfg = settings.model_copy(update={"model": settings.model.model_copy(update={"openai_base_url": url}),
+                                      "adapters_dir": tmp_path / "adapters"})  # adapters must live inside it
     async with build_runtime(cfg) as rt:
         assert "soft prompts cannot be served" in rt.personas.disabled["pirate-soft"]
         done = await rt.engine.reply(ChatRequest("r", Speaker("u", "Sam"), "hi", persona_id="pirate-lora"))

@@ -6,7 +6,6 @@ Pure data with validation; loading from files lives in `bot.personas`.
 from __future__ import annotations
 
 import re
-import string
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -14,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from bot.domain.character import CardInfo, Character, GreetingPick, Speakers
 from bot.domain.lore_scan import LoreSource
 from bot.domain.lorebook import Lorebook
+from bot.domain.templates import check_template as parse_check
+from bot.domain.templates import template_names
 from bot.domain.variants import DEFAULT_VARIANT
 
 #: Variables a system prompt or greeting may use, e.g. "You are talking to {user_name}".
@@ -24,20 +25,19 @@ PROMPT_VARIABLES = frozenset(
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
+#: Longest text a prompt field may hold (characters): far above any useful prompt, far below harm.
+MAX_PROMPT_CHARS = 32_000
+
+
 def template_fields(template: str) -> set[str]:
-    """Names used as `{name}` in a template (raises ValueError on broken braces)."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    """Names used as `{name}` in a template (raises TemplateError, a ValueError, if it is invalid)."""
+    return template_names(template)
 
 
 def check_template(template: str) -> str:
-    try:
-        fields = template_fields(template)
-    except ValueError as exc:
-        raise ValueError(f"broken braces in template: {exc} (write {{{{ and }}}} for literal braces)") from exc
-    unknown = sorted(f for f in fields if f not in PROMPT_VARIABLES)
-    if unknown:
-        known = ", ".join(sorted(PROMPT_VARIABLES))
-        raise ValueError(f"unknown variable(s) {', '.join('{' + u + '}' for u in unknown)}; known: {known}")
+    """The template, if it only uses bare `{name}` placeholders of PROMPT_VARIABLES (see
+    bot.domain.templates); else TemplateError (a ValueError with the offending character's offset)."""
+    parse_check(template, PROMPT_VARIABLES)
     return template
 
 
@@ -48,8 +48,8 @@ class _Strict(BaseModel):
 class Example(_Strict):
     """One few-shot exchange shown to the model before the conversation."""
 
-    user: str = Field(min_length=1)
-    assistant: str = Field(min_length=1)
+    user: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    assistant: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
 
 
 class GenerationParams(_Strict):
@@ -104,7 +104,7 @@ class Variant(_Strict):
 
     id: str = Field(pattern=ID_PATTERN)
     weight: float = Field(default=1.0, ge=0.0)
-    system_prompt: str | None = Field(default=None, min_length=1)
+    system_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     #: Only the generation fields to change, e.g. {"temperature": 0.2}; checked against the persona's.
     generation: dict[str, Any] = Field(default_factory=dict)
     adapter: str | None = Field(default=None, min_length=1)
@@ -120,17 +120,17 @@ class Variant(_Strict):
 class Persona(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=80)
-    description: str = ""
+    description: str = Field(default="", max_length=2000)
     version: str = Field(default="1", min_length=1, max_length=32)
-    system_prompt: str = Field(min_length=1)
-    greeting: str | None = None
-    examples: tuple[Example, ...] = ()
+    system_prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    greeting: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    examples: tuple[Example, ...] = Field(default=(), max_length=100)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     model: ModelChoice = Field(default_factory=ModelChoice)
     adapter: str | None = Field(default=None, description="Path of a PEFT adapter directory.")
     memory: MemoryLimits = Field(default_factory=MemoryLimits)
     identity: Identity | None = None
-    variants: tuple[Variant, ...] = ()
+    variants: tuple[Variant, ...] = Field(default=(), max_length=20)
     variant_period_hours: float = Field(default=24.0, ge=0.0, description="0: a conversation never switches.")
     # Character cards (issue #13): bot.domain.character, bot.domain.lorebook, bot.cards.
     nickname: str | None = Field(default=None, min_length=1, max_length=80, description="{persona_name} when set.")

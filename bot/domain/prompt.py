@@ -27,6 +27,7 @@ from bot.domain.character import greeting_options
 from bot.domain.lore_scan import FiredEntry, activate
 from bot.domain.messages import DEFAULT_SPEAKER_NAME, ChatMessage, StoredTurn, clean_name
 from bot.domain.persona import Persona
+from bot.domain.templates import render_template
 from bot.errors import PromptTooLong
 
 #: Per-message overhead of chat templates (role markers), in tokens.
@@ -68,8 +69,9 @@ class PromptContext:
 
 
 def render(template: str, persona: Persona, context: PromptContext) -> str:
-    # Templates were validated at load time (only known variables), so format_map cannot fail.
-    return template.format_map(context.variables(persona))
+    """The template with the context's variables filled in. Never raises (bot.domain.templates):
+    templates are checked when the persona loads, and anything else renders as written."""
+    return render_template(template, context.variables(persona))
 
 
 def example_messages(persona: Persona) -> list[ChatMessage]:

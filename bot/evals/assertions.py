@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import regex
 from langchain_core.language_models.chat_models import BaseChatModel
 
 from bot.evals.cases import (
@@ -45,8 +45,15 @@ def check_contains(a: Contains | NotContains, reply: str) -> AssertionResult:
     return AssertionResult(a.type, found == want, f"reply {verb} {a.value!r}")
 
 
-def check_regex(a: Regex, reply: str) -> AssertionResult:
-    match = re.search(a.pattern, reply, re.IGNORECASE if a.ignore_case else 0)
+#: Seconds one regex assertion may run (a catastrophic pattern fails instead of hanging).
+REGEX_TIMEOUT_S = 1.0
+
+
+def check_regex(a: Regex, reply: str, timeout: float = REGEX_TIMEOUT_S) -> AssertionResult:
+    try:
+        match = regex.search(a.pattern, reply, regex.IGNORECASE if a.ignore_case else 0, timeout=timeout)
+    except TimeoutError:
+        return AssertionResult(a.type, False, f"/{a.pattern}/ gave up after {timeout:g} s (catastrophic pattern?)")
     detail = f"/{a.pattern}/ matched {match.group(0)!r}" if match else f"/{a.pattern}/ did not match"
     return AssertionResult(a.type, match is not None, detail)
 

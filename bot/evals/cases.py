@@ -15,9 +15,9 @@ tests:
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CASE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
@@ -40,7 +40,10 @@ class NotContains(_Strict):
 
 
 class Regex(_Strict):
-    """Passes when the pattern is found anywhere in the reply (re.search); anchor it with ^...$."""
+    """Passes when the pattern is found anywhere in the reply (a search); anchor it with ^...$.
+
+    Patterns use the `regex` module (a superset of `re`) and run with a time limit, so a
+    catastrophic pattern such as `(a+)+b` fails its assertion instead of hanging the eval."""
 
     type: Literal["regex"]
     pattern: str = Field(min_length=1)
@@ -50,8 +53,8 @@ class Regex(_Strict):
     @classmethod
     def _compiles(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            regex.compile(pattern)
+        except (regex.error, ValueError, OverflowError, RecursionError) as exc:
             raise ValueError(f"invalid regular expression: {exc}") from exc
         return pattern
 

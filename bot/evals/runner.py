@@ -8,6 +8,7 @@ not write conversation memory or reply records, or they would pollute the feedba
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -97,17 +98,23 @@ async def run_evals(
     judge_for: JudgeFor | None = None,
     repeat: int = 1,
     on_run: OnRun | None = None,
+    concurrency: int = 1,
 ) -> EvalResults:
-    """Every case of every target, `repeat` times. Sequential: the local backend generates one
-    reply at a time anyway, and a stable order keeps runs comparable."""
+    """Every case of every target, `repeat` times, up to `concurrency` at once (the local backend
+    decodes concurrent replies in one batch). Results keep the order target, case, attempt, so
+    runs stay comparable whatever the concurrency."""
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
-    results = EvalResults()
-    for target in targets:
-        for case in target.cases:
-            for attempt in range(1, repeat + 1):
-                run = await run_case(target, case, attempt, responder, judge_for)
-                results.runs.append(run)
-                if on_run is not None:
-                    on_run(run)
-    return results
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    jobs = [(t, c, a) for t in targets for c in t.cases for a in range(1, repeat + 1)]
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(target: EvalTarget, case: EvalCase, attempt: int) -> CaseRun:
+        async with slots:
+            run = await run_case(target, case, attempt, responder, judge_for)
+        if on_run is not None:
+            on_run(run)
+        return run
+
+    return EvalResults(list(await asyncio.gather(*(one(*job) for job in jobs))))

@@ -13,15 +13,17 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
 from bot.domain.lorebook import Lorebook
 from bot.domain.persona import Persona
-from bot.errors import PersonaFileError
+from bot.errors import PersonaFileError, PersonaFileProblems
+from bot.personas.documents import Document, Limits, parse_document, read_document
 
 LOREBOOK_DIR = "lorebooks"
 MAX_LOREBOOK_BYTES = 32 * 1024 * 1024
+#: Bounds on one lorebook file: room for tens of thousands of entries, none for a YAML bomb.
+LOREBOOK_LIMITS = Limits(
+    max_bytes=MAX_LOREBOOK_BYTES, max_values=2_000_000, max_items=200_000, max_string=200_000, max_problems=50
+)
 _CACHE_SIZE = 64
 
 LineOf = Callable[[Sequence[int | str]], int | None]
@@ -35,59 +37,25 @@ def lorebook_path(persona_dir: Path, name: str) -> Path:
     return persona_dir / LOREBOOK_DIR / f"{name}.yaml"
 
 
-def _node_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
-    """1-based line of the YAML node at `loc` (or of its nearest parent)."""
-    node, line = root, (None if root is None else root.start_mark.line + 1)
-    for part in loc:
-        child = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            child = node.value[part]
-        if child is None:
-            break
-        node, line = child, child.start_mark.line + 1
-    return line
+def _validated(document: Document) -> Lorebook:
+    from bot.personas.loader import validation_problems  # the loader imports this module
 
-
-def _reject_aliases(root: yaml.Node | None, path: Path) -> None:
-    """Anchors and aliases let a small file expand into a huge one (a "billion laughs"): not in lorebooks."""
-    seen: set[int] = set()
-    stack = [root] if root is not None else []
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            raise PersonaFileError(path, "YAML anchors/aliases are not allowed in lorebook files",
-                                   line=node.start_mark.line + 1)
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            stack += [part for pair in node.value for part in pair]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
+    if not isinstance(document.data, dict):
+        raise PersonaFileError(
+            document.path, "a lorebook file is a mapping with `entries:` (and settings)", line=1, column=1
+        )
+    book, problems = validation_problems(document, Lorebook, document.data)
+    problems += document.problems
+    if problems:
+        raise PersonaFileProblems(sorted(problems, key=lambda e: (e.line or 0, e.column or 0)))
+    assert isinstance(book, Lorebook)
+    return book
 
 
 def parse_lorebook(path: Path, text: str) -> Lorebook:
-    """Parse and validate one lorebook file's text. Raises PersonaFileError (file, field, line)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        _reject_aliases(root, path)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise PersonaFileError(path, f"invalid YAML: {exc.problem or exc}", line=line) from exc
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise PersonaFileError(path, f"invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PersonaFileError(path, "a lorebook file is a mapping with `entries:` (and settings)", line=1)
-    try:
-        return Lorebook.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(p for p in first["loc"] if isinstance(p, int | str))
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise PersonaFileError(path, f"{first['msg']}{more}", field=".".join(map(str, loc)) or None,
-                               line=_node_line(root, loc)) from exc
+    """Parse and validate one lorebook file's text (bounded like persona files, with room for large
+    books). Raises PersonaFileError (file, field, line; every problem)."""
+    return _validated(parse_document(path, text, LOREBOOK_LIMITS))
 
 
 def load_lorebook_file(path: Path) -> Lorebook:
@@ -101,10 +69,9 @@ def load_lorebook_file(path: Path) -> Lorebook:
             cached = _cache.get(path)
         if cached is not None and cached[0] == version:
             return cached[1]
-        text = path.read_bytes()[:MAX_LOREBOOK_BYTES + 1].decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise PersonaFileError(path, f"cannot read: {exc}") from exc
-    book = parse_lorebook(path, text)
+    book = _validated(read_document(path, root=path.parent, limits=LOREBOOK_LIMITS))
     with _lock:
         if len(_cache) >= _CACHE_SIZE:
             _cache.clear()

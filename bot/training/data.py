@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from bot.domain.messages import ChatMessage, Role
 from bot.domain.persona import Persona
 from bot.domain.prompt import PromptContext, render
 from bot.ports import FeedbackLog
 from bot.training.errors import TrainingError
+
+log = logging.getLogger(__name__)
 
 _ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
 #: Fixed template variables for training prompts: the same data always gives the same tokens.
@@ -68,25 +72,64 @@ def parse_chat(raw: object, where: str, source: str) -> ChatExample:
     return ChatExample(parsed, source)
 
 
-def load_jsonl(path: Path) -> tuple[list[ChatExample], DataSource]:
-    """Examples of one JSONL file (one chat a line; blank lines and `//` comments skipped)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TrainingError(f"cannot read training data {path}: {exc}") from exc
+#: Longest JSONL line read (bytes); a longer example is skipped with a warning, never held whole.
+MAX_LINE_BYTES = 1024 * 1024
+
+
+def load_jsonl(path: Path, *, max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[ChatExample], DataSource]:
+    """Examples of one JSONL file (one chat a line; blank lines and `//` comments skipped).
+
+    Streamed: memory holds one line of at most `max_line_bytes` at a time (longer lines are skipped
+    with a warning naming the line); the file's hash is computed on the way."""
+    digest = hashlib.sha256()
     examples: list[ChatExample] = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("//"):
-            continue
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainingError(f"{where}: invalid JSON: {exc.msg}") from exc
-        examples.append(parse_chat(data, where, str(path)))
+    try:
+        with path.open("rb") as file:
+            for number, raw in _lines(file, digest, max_line_bytes, path):
+                example = _example(raw, f"{path}:{number}", str(path))
+                if example is not None:
+                    examples.append(example)
+    except OSError as exc:
+        raise TrainingError(f"cannot read training data {path}: {exc.strerror or exc}") from exc
     if not examples:
         raise TrainingError(f"{path}: no examples")
-    return examples, DataSource(str(path), hashlib.sha256(raw).hexdigest(), len(examples))
+    return examples, DataSource(str(path), digest.hexdigest(), len(examples))
+
+
+def _lines(file: BinaryIO, digest: Any, limit: int, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for each line no longer than `limit`; longer lines are read through in
+    chunks (hashed, never kept) and skipped with a warning."""
+    number = 0
+    while True:
+        line = file.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        digest.update(line)
+        if len(line) > limit and not line.endswith(b"\n"):
+            size = len(line)
+            while chunk := file.readline(1024 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+            log.warning("%s:%d: example of %s bytes skipped (longer than %s bytes)", path, number, f"{size:,}",
+                        f"{limit:,}")
+            continue
+        yield number, line
+
+
+def _example(raw: bytes, where: str, source: str) -> ChatExample | None:
+    line = raw.decode("utf-8", errors="replace")
+    if not line.strip() or line.lstrip().startswith("//"):
+        return None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TrainingError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+    except RecursionError:
+        raise TrainingError(f"{where}: invalid JSON: nested too deeply") from None
+    return parse_chat(data, where, source)
 
 
 def persona_examples(persona: Persona) -> tuple[list[ChatExample], DataSource]:

@@ -2,6 +2,11 @@
 
 Commands: /rate up|down (or /good, /bad), /reset, /persona ID, /personas, /help, /quit.
 With piped input each line is one message and is echoed, so a transcript reads like a chat.
+
+Everything printed goes through bot.domain.text: escape sequences and control characters in input
+(echoed) and model output never reach the terminal, and undecodable input bytes become U+FFFD.
+A persona edited while chatting applies to the next message (hot reload); a removed one hands over
+to the default persona.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from bot.domain.messages import ChatRequest, Speaker
+from bot.domain.persona import Persona
+from bot.domain.text import TerminalFilter, terminal_safe, valid_text
 from bot.engine import ChatEngine, ReplyFinished, TextDelta
 from bot.errors import BotError, PersonaNotFound
 
@@ -49,11 +56,24 @@ class ConsoleSession:
         return Speaker(f"console:{self.user_name}", self.user_name)
 
     def say(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self.out.write(terminal_safe(text) + "\n")
         self.out.flush()
 
+    def persona(self) -> Persona:
+        """The session's persona; if it was removed or disabled (hot reload), the default one."""
+        try:
+            return self.engine.personas.get(self.persona_id)
+        except PersonaNotFound as exc:
+            default = self.engine.default_persona
+            if self.persona_id == default:
+                raise
+            persona = self.engine.personas.get(default)
+            self.say(f"({exc}; now chatting with {persona.name})")
+            self.persona_id, self.last_reply_id = persona.id, None
+            return persona
+
     async def start(self) -> None:
-        persona = self.engine.personas.get(self.persona_id)
+        persona = self.persona()
         self.say(f"Chatting with {persona.name} [{persona.id} v{persona.version}]. /help for commands.")
         history = await self.engine.memory.load(self.conversation_id, 1)
         if history:
@@ -65,7 +85,7 @@ class ConsoleSession:
                 self.say(f"{persona.name}> {greeting}")
 
     async def handle(self, line: str) -> None:
-        text = line.strip()
+        text = valid_text(line).strip()
         if not text:
             return
         if not self.interactive:
@@ -80,21 +100,22 @@ class ConsoleSession:
             self.say(f"! {exc}")
 
     async def chat(self, text: str) -> None:
-        persona = self.engine.personas.get(self.persona_id)
-        self.out.write(f"{persona.name}> ")
+        persona = self.persona()
+        self.out.write(terminal_safe(f"{persona.name}> "))
         self.out.flush()
+        shown = TerminalFilter()
         request = ChatRequest(self.conversation_id, self.speaker, text, persona_id=self.persona_id,
                               channel_name="console")
         try:
             async with contextlib.aclosing(self.engine.stream(request)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
-                        self.out.write(event.text)
+                        self.out.write(shown.feed(event.text))
                         self.out.flush()
                     elif isinstance(event, ReplyFinished):
                         self.last_reply_id = event.reply_id
         finally:
-            self.out.write("\n")
+            self.out.write(shown.flush() + "\n")
             self.out.flush()
 
     async def command(self, text: str) -> None:
@@ -111,6 +132,7 @@ class ConsoleSession:
             self.last_reply_id = None
             self.say("(conversation forgotten)")
         elif name == "personas":
+            self.persona()  # a removed persona hands over first
             for p in self.engine.personas.all():
                 mark = "*" if p.id == self.persona_id else " "
                 self.say(f" {mark} {p.id:<16} {p.name} — {p.description}".rstrip(" —"))
@@ -147,6 +169,10 @@ class ConsoleSession:
 async def run_console(
     engine: ChatEngine, persona_id: str, *, user_name: str, conversation: str, stdin: TextIO, out: TextIO
 ) -> None:
+    for stream in (stdin, out):  # undecodable input and unencodable output never stop the chat
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape" if stream is stdin else "replace")
     interactive = stdin.isatty()
     session = ConsoleSession(engine, persona_id, user_name, conversation, out, interactive)
     await session.start()

@@ -1,4 +1,4 @@
-"""/persona list | show [persona] | set <persona> [scope] | reset [scope]: who speaks where.
+"""/persona list | show [persona] | set <persona> [scope] | reset [scope] | reload: who speaks where.
 
 Choosing a persona needs Manage Channels (or a configured admin role) in a server; in a DM the
 user chooses for their own DM. Choices are stored in Redis and survive restarts.
@@ -6,12 +6,14 @@ user chooses for their own DM. Choices are stored in Redis and survive restarts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.domain.persona import Persona
-from bot.transports.discord.permissions import NotAllowed, require_admin
+from bot.transports.discord.permissions import NotAllowed, is_admin, require_admin
 from bot.transports.discord.placement import Scope
 from bot.transports.discord.places import Place, place_of
 from bot.transports.discord.services import Services
@@ -44,6 +46,15 @@ def where(scope: Scope, place: Place) -> str:
     return "in our DMs" if place.is_dm else WHERE[scope]
 
 
+def problem_lines(errors: Sequence[object], limit: int = 15) -> list[str]:
+    """Persona file problems for admins (file:line:column [field]: message), at most `limit`."""
+    if not errors:
+        return []
+    shown = [f"⚠ `{str(e)[:300]}`" for e in errors[:limit]]
+    more = [f"… and {len(errors) - limit} more (see the bot's log)"] if len(errors) > limit else []
+    return ["", f"**Problems in persona files ({len(errors)})** — the last good versions keep serving:", *shown, *more]
+
+
 def describe_persona(persona: Persona) -> str:
     lines = [f"**{persona.name}** (`{persona.id}`, version {persona.version})"]
     if persona.description:
@@ -70,7 +81,18 @@ class PersonaCommands(commands.GroupCog, group_name="persona", group_description
             + (f" — {p.description}" if p.description else "")
             for p in self.engine.personas.all()
         ]
+        if is_admin(interaction, self.services.settings.admin_role_ids):
+            lines += problem_lines(self.engine.personas.errors)
         await self._say(interaction, "\n".join(lines) or "No personas are loaded.", ephemeral=True)
+
+    @app_commands.command(name="reload", description="Re-read the persona files now (admins)")
+    async def reload_personas(self, interaction: discord.Interaction) -> None:
+        require_admin(interaction, self.services.settings.admin_role_ids, dm_ok=False)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        changes = await self.engine.personas.refresh()
+        summary = str(changes) if changes else "no changes"
+        lines = [f"Reloaded personas: {summary}.", *problem_lines(self.engine.personas.errors)]
+        await interaction.followup.send("\n".join(lines)[:2000], ephemeral=True, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="show", description="Show a persona (default: the one speaking here)")
     @app_commands.describe(persona="Persona id")

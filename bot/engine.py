@@ -55,6 +55,8 @@ class ReplyFinished:
     text: str
     persona: Persona
     record: ReplyRecord
+    #: Memory could not be read (Redis is down): the reply was written without the earlier conversation.
+    without_memory: bool = False
 
 
 ReplyEvent = TextDelta | ReplyFinished
@@ -154,6 +156,7 @@ class ChatEngine:
             history = [
                 t for t in await self.stores.history(request.conversation_id, max_turns) if t.persona_id == persona.id
             ]
+            without_memory = max_turns > 0 and not self.stores.memory_available
             greeting = self.greeting_index(persona, request.conversation_id)
             context = PromptContext(
                 user_name=request.speaker.name,
@@ -219,7 +222,7 @@ class ChatEngine:
             remembered = AppendTurns(request.conversation_id, turns, max_turns, ttl, record.reply_id)
             # Kept either way: acknowledged by Redis (one round trip for both), or journaled.
             await self.stores.reply_shown(record, remembered if max_turns > 0 else None)
-            yield ReplyFinished(record.reply_id, reply_text, persona, record)
+            yield ReplyFinished(record.reply_id, reply_text, persona, record, without_memory)
 
     def variant_for(self, persona: Persona, conversation_id: str, now: float | None = None) -> str:
         """The variant this conversation uses now: sticky for the persona's variant period, the same

@@ -242,9 +242,12 @@ async def test_a_model_failure_apologizes_and_the_bot_keeps_answering(
     assert h.reply_of(outcome)[0].content == "[Ada] You said: are you back?"
 
 
-async def test_a_redis_outage_apologizes_and_the_bot_recovers(
+async def test_a_redis_outage_is_answered_without_memory_and_the_bot_recovers(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Redis down: a message is still answered (without remembered turns, and the user is told so),
+    its reply is journaled and reaches the feedback log once Redis is back; commands that need Redis
+    say so."""
     server = EmbeddedRedis(tmp_path / "own-redis", port=free_port())
     url = server.start()
     settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": SecretStr(url)})})
@@ -252,17 +255,25 @@ async def test_a_redis_outage_apologizes_and_the_bot_recovers(
         async with DiscordHarness.running(settings) as h:
             server.stop()
             _, outcome = await h.say(h.alice, h.general, "hello?", mention_bot=True)
-            assert outcome.kind == "failed"
-            [apology] = h.fake.sent_in(h.general)
-            assert "Sorry, my memory is unavailable" in apology.content
+            assert outcome.kind == "replied"
+            [reply] = h.reply_of(outcome)
+            assert reply.content.startswith("[Ada] You said: hello?")
+            assert "My memory is unavailable right now" in reply.content
             answer = await h.fake.command(h.admin, h.general, "persona set", persona="captain")
             assert answer["flags"] == 64
             assert answer["content"] == "My storage is unavailable right now. Please try again in a moment."
             refused = f"command failed: /persona set by user={h.admin['id']}"
             assert any(r.getMessage().startswith(refused) for r in caplog.records)
             server.start()
+            assert h.runtime.replayer is not None
+            async with asyncio.timeout(15):
+                await h.runtime.replayer.settled()
+            assert outcome.reply_id is not None
+            record = await h.runtime.feedback.get(outcome.reply_id)
+            assert record is not None and record.reply == "[Ada] You said: hello?"
             _, outcome = await h.say(h.alice, h.general, "hello again", mention_bot=True)
             assert outcome.kind == "replied"
+            assert "memory is unavailable" not in h.reply_of(outcome)[0].content
     finally:
         server.stop()
 

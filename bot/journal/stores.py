@@ -104,6 +104,11 @@ class JournaledStores:
             self.redis_up = True
 
     @property
+    def memory_available(self) -> bool:
+        """Whether remembered turns can be read now (False while Redis is known to be down)."""
+        return self.journal is None or self.redis_up
+
+    @property
     def bypass(self) -> bool:
         """Write to the journal without trying Redis: it is down, or older writes wait there."""
         return self.journal is not None and (not self.redis_up or self.journal.pending)

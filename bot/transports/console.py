@@ -104,6 +104,7 @@ class ConsoleSession:
         self.out.write(terminal_safe(f"{persona.name}> "))
         self.out.flush()
         shown = TerminalFilter()
+        forgetful = False
         request = ChatRequest(self.conversation_id, self.speaker, text, persona_id=self.persona_id,
                               channel_name="console")
         try:
@@ -114,9 +115,12 @@ class ConsoleSession:
                         self.out.flush()
                     elif isinstance(event, ReplyFinished):
                         self.last_reply_id = event.reply_id
+                        forgetful = event.without_memory
         finally:
             self.out.write(shown.flush() + "\n")
             self.out.flush()
+        if forgetful:
+            self.say("(my memory is unavailable right now: I answered without our earlier conversation)")
 
     async def command(self, text: str) -> None:
         name, _, arg = text[1:].partition(" ")

@@ -133,7 +133,8 @@ class MessageHandler:
             # The turn ends once the engine has the reply (and remembers it): showing its last
             # words does not hold up the next message of the conversation.
             queue.leave(ticket)
-        ids = await self._within(deadline, stream, stream.finish(finished.text))
+        shown = f"{finished.text}\n\n{notices.WITHOUT_MEMORY}" if finished.without_memory else finished.text
+        ids = await self._within(deadline, stream, stream.finish(shown))
         await self._link(ids, finished.reply_id)
         if self.settings.rating_reactions:
             await answer.outlet.react(ids[-1], RATING_HINTS)

@@ -17,6 +17,8 @@ TOO_FAST = (
     "Please send it again in a bit."
 )
 
+WITHOUT_MEMORY = "-# (My memory is unavailable right now, so I answered without our earlier conversation.)"
+
 SHUTTING_DOWN = "-# Sorry, I'm restarting and couldn't answer this. Please send it again in a minute."
 
 

@@ -64,13 +64,15 @@ def test_a_broken_lorebook_names_its_own_file_and_line(books: Path) -> None:
     persona_file(books, "sailor", "lorebooks: [bad]\n")
     [error] = load_directory(books).errors
     assert "lorebook 'bad' is broken" in str(error)
-    assert "bad.yaml:4 [entries.0.position]" in str(error)
+    assert "bad.yaml:4:15 [entries.0.position]" in str(error)
 
 
-def test_yaml_aliases_are_refused(books: Path) -> None:
+def test_a_yaml_bomb_is_refused(books: Path) -> None:
     path = books / "lorebooks" / "bomb.yaml"
-    path.write_text("a: &a [x, x, x]\nentries:\n  - keys: *a\n    content: boom\n")
-    with pytest.raises(PersonaFileError, match="aliases"):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    path.write_text("\n".join(levels) + "\nentries:\n  - keys: *a8\n    content: boom\n")
+    with pytest.raises(PersonaFileError, match="values"):
         load_lorebook_file(path)
 
 

@@ -119,12 +119,15 @@ def adapter_path_problem(adapter: str, root: Path) -> str | None:
         return f"adapter path {adapter!r} cannot be resolved: {exc}"
     if real_root not in real.parents:
         return f"adapter {adapter!r} is outside the adapters directory {root} (BOT_ADAPTERS_DIR)"
-    if not real.exists():
-        return f"adapter directory {adapter!r} not found"
-    if not real.is_dir():
-        return f"adapter {adapter!r} is not a directory"
-    if not (real / CONFIG_FILE).is_file():
-        return f"adapter {adapter!r} has no {CONFIG_FILE} (not a PEFT adapter directory?)"
+    try:
+        if not real.exists():
+            return f"adapter directory {adapter!r} not found"
+        if not real.is_dir():
+            return f"adapter {adapter!r} is not a directory"
+        if not (real / CONFIG_FILE).is_file():
+            return f"adapter {adapter!r} has no {CONFIG_FILE} (not a PEFT adapter directory?)"
+    except OSError as exc:  # a name too long for the file system, a permission problem...
+        return f"adapter path {adapter!r} cannot be read: {exc.strerror or exc}"
     return None
 
 

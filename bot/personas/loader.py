@@ -120,7 +120,7 @@ def persona_from_document(document: Document, *, adapters_root: Path | None = No
     if problems:
         raise PersonaFileProblems(problems)
     # Shared lorebooks, by name (personas/lorebooks/NAME.yaml); a missing or broken one is this file's error.
-    return attach_lorebooks(persona, document.path, lambda loc: document.locate(loc)[0])
+    return attach_lorebooks(persona, document.path, document.locate)
 
 
 def _raw_scalar(document: Document, loc: Sequence[str | int]) -> str:

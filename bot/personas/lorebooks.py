@@ -26,7 +26,7 @@ LOREBOOK_LIMITS = Limits(
 )
 _CACHE_SIZE = 64
 
-LineOf = Callable[[Sequence[int | str]], int | None]
+Locate = Callable[[Sequence[int | str]], tuple[int, int]]
 
 _cache: dict[Path, tuple[tuple[int, int], Lorebook]] = {}
 _lock = threading.Lock()
@@ -79,20 +79,28 @@ def load_lorebook_file(path: Path) -> Lorebook:
     return book
 
 
-def attach_lorebooks(persona: Persona, persona_path: Path, line_of: LineOf) -> Persona:
-    """`persona` with its shared `lorebooks` loaded; `line_of(loc)` gives a line in the persona file."""
+def attach_lorebooks(persona: Persona, persona_path: Path, locate: Locate) -> Persona:
+    """`persona` with its shared `lorebooks` loaded; `locate(loc)` gives (line, column) in the persona
+    file. Raises PersonaFileProblems naming every unknown or broken lorebook at its line in the file."""
     if not persona.lorebooks:
         return persona
-    books = []
+    books, problems = [], []
     for i, name in enumerate(persona.lorebooks):
         path = lorebook_path(persona_path.parent, name)
-        field, line = f"lorebooks.{i}", line_of(("lorebooks", i))
+        field = f"lorebooks.{i}"
+        line, column = locate(("lorebooks", i))
         if not path.is_file():
-            raise PersonaFileError(persona_path, f"unknown lorebook {name!r}: there is no {path}", field=field,
-                                   line=line)
+            problems.append(PersonaFileError(persona_path, f"unknown lorebook {name!r}: there is no {path}",
+                                             field=field, line=line, column=column))
+            continue
         try:
             books.append((name, load_lorebook_file(path)))
         except PersonaFileError as exc:
-            raise PersonaFileError(persona_path, f"lorebook {name!r} is broken: {exc}", field=field,
-                                   line=line) from exc
+            first = str(exc).splitlines()[0]
+            more = f" (and {len(exc.problems) - 1} more problem(s) there)" if isinstance(exc, PersonaFileProblems) \
+                and len(exc.problems) > 1 else ""
+            problems.append(PersonaFileError(persona_path, f"lorebook {name!r} is broken: {first}{more}",
+                                             field=field, line=line, column=column))
+    if problems:
+        raise PersonaFileProblems(problems)
     return persona.with_lorebooks(tuple(books))

@@ -77,10 +77,8 @@ async def retrying_handle(url: str) -> AsyncIterator[RedisHandle]:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     errors = (RedisConnectionError, RedisTimeoutError)
-    pool = aioredis.ConnectionPool.from_url(
-        url, socket_timeout=1.0, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2, supported_errors=errors),
-        retry_on_error=list(errors),
-    )  # fmt: skip
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2, supported_errors=errors)
+    pool = aioredis.ConnectionPool.from_url(url, socket_timeout=1.0, retry=retry, retry_on_error=list(errors))
     handle = RedisHandle(aioredis.Redis.from_pool(pool), url, "test")
     try:
         yield handle

@@ -34,6 +34,7 @@ class LoadedModel:
     context_window: int
     load_seconds: float
     from_cache: bool
+    weights: str = "float32"  # "int8" once quantized for serving (see quantize_for_serving)
 
 
 def default_model_location() -> tuple[Path, str]:
@@ -137,3 +138,24 @@ def load_local_model(settings: ModelSettings, data_dir: Path) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         from_cache=from_cache,
     )
+
+
+def quantize_for_serving(loaded: LoadedModel, settings: ModelSettings, data_dir: Path) -> LoadedModel:
+    """Apply `settings.quantize` to a freshly loaded model (in place; before any adapter is loaded).
+
+    int8 needs the AVX2 kernel (compiled once into data_dir/kernels); where it cannot be built the
+    model stays float32 and a warning says why. Training loads its own float32 model and never calls this.
+    """
+    if settings.quantize == "none" or loaded.weights != "float32":
+        return loaded
+    from bot.models import w8kernel
+    from bot.models.quant import quantize_linears
+
+    kernel = w8kernel.load(data_dir / "kernels")
+    if kernel is None:
+        return loaded
+    started = time.perf_counter()
+    quantize_linears(loaded.model, kernel)
+    loaded.weights = "int8"
+    loaded.load_seconds += time.perf_counter() - started
+    return loaded

@@ -155,7 +155,11 @@ def quantize_for_serving(loaded: LoadedModel, settings: ModelSettings, data_dir:
     if kernel is None:
         return loaded
     started = time.perf_counter()
-    quantize_linears(loaded.model, kernel)
+    # Cached next to the converted GGUF (a changed GGUF converts into a new directory, so a new cache);
+    # a user's own model directory (BOT_MODEL__LOCAL_PATH) is never written to: quantized at each start.
+    converted = loaded.source.resolve().is_relative_to((data_dir / "models").resolve())
+    cache_file = loaded.source / "int8-weights.safetensors" if converted else None
+    quantize_linears(loaded.model, kernel, cache_file)
     loaded.weights = "int8"
     loaded.load_seconds += time.perf_counter() - started
     return loaded

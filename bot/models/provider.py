@@ -144,7 +144,7 @@ class DefaultModelProvider:
                     continue
                 try:
                     if backend == "local":
-                        await asyncio.to_thread(self.local_runtime().ensure_adapter, persona.id, variant.adapter)
+                        await asyncio.to_thread(self.local_runtime().check_adapter, persona.id, variant.adapter)
                     else:
                         await asyncio.to_thread(self.served_name, variant)
                 except AdapterError as exc:

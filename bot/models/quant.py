@@ -16,6 +16,7 @@ on top. The float32 model is the exact reference (`BOT_MODEL__QUANTIZE=none`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from bot.models.w8kernel import W8Kernel
@@ -36,17 +37,21 @@ def _quant_linear_class() -> type:
         kernel: W8Kernel
         scales: torch.Tensor
 
-        def __init__(self, linear: torch.nn.Linear, kernel: W8Kernel) -> None:
+        def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                     kernel: W8Kernel) -> None:
             torch.nn.Module.__init__(self)
-            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.out_features, self.in_features = qweight.shape
             self.kernel = kernel
+            self.register_buffer("weight", qweight.contiguous())
+            self.register_buffer("scales", scales.float().contiguous())
+            self.register_buffer("bias", None if bias is None else bias.float().contiguous())
+
+        @classmethod
+        def quantize(cls, linear: torch.nn.Linear, kernel: W8Kernel) -> QuantLinear:
             weight = linear.weight.detach().float()
             scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-            qweight = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            self.register_buffer("weight", qweight)
-            self.register_buffer("scales", scales.contiguous())
-            bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
-            self.register_buffer("bias", bias)
+            qweight = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            return cls(qweight, scales, None if linear.bias is None else linear.bias.detach(), kernel)
 
         def dequantized(self) -> torch.Tensor:
             return self.weight.float() * self.scales[:, None]
@@ -80,10 +85,13 @@ def is_quantized(model: Any) -> bool:
     return any(isinstance(m, cls) for m in model.modules())
 
 
-def quantize_linears(model: Any, kernel: W8Kernel) -> int:
+def quantize_linears(model: Any, kernel: W8Kernel, cache_file: Path | None = None) -> int:
     """Replace the decoder's and the output head's Linear layers with int8 QuantLinear, in place;
     returns the bytes of weights stored (int8 + scales).
 
+    `cache_file` (safetensors): read the int8 weights from it when it exists -- the float32 weights of
+    those layers are then never read (they stay unread pages of the memory-mapped checkpoint) --
+    or write them there after quantizing, so the next start skips this work.
     The token embeddings stay float32 even when the output head shares them (tied weights): the head
     gets its own int8 copy. Call before any LoRA is loaded (an AdapterBank wraps what it finds).
     """
@@ -91,17 +99,23 @@ def quantize_linears(model: Any, kernel: W8Kernel) -> int:
 
     if any(hasattr(module, "lora_A") for module in model.modules()):
         raise ValueError("quantize the base model before loading LoRA adapters")
-    cls = quant_linear_class()
+    cls: Any = quant_linear_class()
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) is torch.nn.Linear and (name == "lm_head" or ".layers." in f".{name}")]
+    stored = _read_cache(cache_file, [name for name, _ in targets])
     total = 0
     with torch.no_grad():
         for name, module in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            quantized = cls(module, kernel)
+            if stored is not None:
+                quantized = cls(stored[f"{name}.weight"], stored[f"{name}.scales"], stored.get(f"{name}.bias"), kernel)
+            else:
+                quantized = cls.quantize(module, kernel)
             total += quantized.weight.nbytes + quantized.scales.nbytes
             setattr(parent, child, quantized)
+    if stored is None and cache_file is not None:
+        _write_cache(cache_file, model, [name for name, _ in targets])
     _fuse_projections(model, cls)
     if getattr(model.config, "tie_word_embeddings", False):
         # The head has its own int8 copy now; nothing may tie it back to the float embeddings.
@@ -144,3 +158,38 @@ def _fuse_projections(model: Any, cls: type) -> None:
                 part.weight, part.scales = weight[start:end], scales[start:end]
                 start = end
             setattr(owner, attribute, Fused(weight, scales, [p.out_features for p in parts], parts[0].kernel))
+
+
+def _read_cache(cache_file: Path | None, names: list[str]) -> dict[str, Any] | None:
+    """The cached int8 tensors for exactly these layers, or None (missing, stale or unreadable)."""
+    if cache_file is None or not cache_file.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(cache_file))
+    except Exception as exc:  # a torn or foreign file: quantize again and overwrite it
+        log.warning("ignoring unreadable int8 cache %s: %s", cache_file, exc)
+        return None
+    if not all(f"{name}.weight" in tensors and f"{name}.scales" in tensors for name in names):
+        return None
+    return tensors
+
+
+def _write_cache(cache_file: Path, model: Any, names: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    for name in names:
+        module = model.get_submodule(name)
+        tensors[f"{name}.weight"] = module.weight.contiguous()
+        tensors[f"{name}.scales"] = module.scales.contiguous()
+        if module.bias is not None:
+            tensors[f"{name}.bias"] = module.bias.contiguous()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(cache_file.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp))
+        tmp.replace(cache_file)  # atomic: a concurrent start never reads half a file
+    except OSError as exc:
+        log.warning("could not cache the int8 weights in %s: %s", cache_file, exc)

@@ -205,6 +205,13 @@ class BatchScheduler:
         with self._cond:
             return self._active_count
 
+    def loras_in_use(self) -> set[str]:
+        """LoRA names that queued or running rows need (must not be unloaded). Call with the model lock
+        held (as the adapter bank does), so the worker is between steps."""
+        with self._cond:
+            held = [*self._waiting, *self._admitting, *(row.request for row in self._active)]
+        return {request.lora for request in held if request.lora is not None}
+
     @property
     def broken(self) -> str | None:
         """Why the scheduler no longer serves (its worker died for good), or None."""

@@ -188,3 +188,23 @@ async def test_int8_batched_rows_with_lora_on_top_equal_the_rows_alone(int8_mode
     with scheduler(local_model.model, local_model.tokenizer) as s:
         reference = await collect(s.submit(**rows[0]))
     assert together[0][:3] == reference.token_ids[:3]
+
+
+@pytest.mark.model
+def test_int8_weights_cached_on_disk_load_back_identically(kernel: w8kernel.W8Kernel, int8_model: LoadedModel,
+                                                           tmp_path: Path) -> None:
+    from bot.models.quant import quantize_linears
+
+    cache = tmp_path / "int8-weights.safetensors"
+    first = load_local_model(ModelSettings(), MODEL_CACHE)
+    quantize_linears(first.model, kernel, cache)  # quantizes and writes the cache
+    second = load_local_model(ModelSettings(), MODEL_CACHE)
+    quantize_linears(second.model, kernel, cache)  # reads it back
+    assert cache.is_file()
+    ids = torch.tensor([encode(first, QUESTIONS[0])])
+    with torch.inference_mode():
+        assert torch.equal(first.model(input_ids=ids).logits, second.model(input_ids=ids).logits)
+    cache.write_bytes(b"torn")  # an unreadable cache is ignored and rewritten, never fatal
+    third = load_local_model(ModelSettings(), MODEL_CACHE)
+    quantize_linears(third.model, kernel, cache)
+    assert is_quantized(third.model) and cache.stat().st_size > 1000

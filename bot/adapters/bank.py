@@ -24,6 +24,7 @@ generation with one lock.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import re
 import time
@@ -182,6 +183,7 @@ class AdapterBank:
             del self._by_path[path]
             self.stats.evictions += 1
             excess -= 1
+        _return_freed_memory()
 
     def _dtype(self) -> Any:
         return self.base_model.get_input_embeddings().weight.dtype
@@ -216,9 +218,21 @@ class AdapterBank:
         # Called after its replacement is loaded, so the PeftModel always keeps at least one adapter.
         # A row built just before the swap names the deleted LoRA and fails that one generation.
         if adapter.kind == "lora":
-            self.peft_model.delete_adapter(adapter.name)
+            with warnings.catch_warnings():  # "Adapter X was active which is now deleted": expected here
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted", category=UserWarning)
+                self.peft_model.delete_adapter(adapter.name)
             remaining = list(self.peft_model.peft_config)
             if self.peft_model.active_adapter not in remaining:
                 # PEFT keeps pointing at the deleted adapter; its config lookups would raise KeyError.
                 self.peft_model.set_adapter(remaining[-1])
         self._names.discard(adapter.name)
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed by unloaded adapters back to the OS (glibc keeps it in its arenas otherwise,
+    so the process would stay as large as its busiest moment). No-op where glibc is absent."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -54,7 +54,7 @@ def _quant_linear_class() -> type:
             return cls(qweight, scales, None if linear.bias is None else linear.bias.detach(), kernel)
 
         def dequantized(self) -> torch.Tensor:
-            return self.weight.float() * self.scales[:, None]
+            return torch.mul(self.weight, self.scales[:, None])  # int8 x float32 -> float32 in one pass
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             rows = x.reshape(-1, self.in_features)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -146,7 +145,7 @@ def _build_and_load(cache_dir: Path) -> W8Kernel | None:
     if not cpu_supported():
         log.warning("int8 kernel needs AVX2+FMA; serving float32 weights")
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         log.warning("no C compiler found for the int8 kernel; serving float32 weights")
         return None

@@ -35,13 +35,14 @@ def child(data_dir: Path) -> None:
 
     from bot.domain.persona import GenerationParams
     from bot.models.local import GenerationResult, LocalRuntime
-    from bot.models.local_loader import load_local_model
+    from bot.models.local_loader import load_local_model, quantize_for_serving
     from bot.settings import ModelSettings
 
     imported = time.perf_counter()
-    loaded = load_local_model(ModelSettings(), data_dir)
+    settings = ModelSettings()  # as the bot serves: int8 weights by default (cached after the first start)
+    loaded = quantize_for_serving(load_local_model(settings, data_dir), settings, data_dir)
     ready = time.perf_counter()
-    runtime = LocalRuntime(loaded, ModelSettings())
+    runtime = LocalRuntime(loaded, settings)
     messages = [{"role": "user", "content": QUESTION}]
     marks: dict[str, float] = {}
 
@@ -109,7 +110,7 @@ def main() -> None:
 
         record_section("Cold start: new process to first reply",
                        f"{machine_line()}\n\nCommand: `.venv/bin/python bench/cold_start.py --runs {args.runs} "
-                       f"--record` (SmolLM2-135M float32, the bot's loader and LocalRuntime)\n\n{table}\n\n{note}\n")
+                       f"--record` (SmolLM2-135M int8, the bot's loader, LocalRuntime)\n\n{table}\n\n{note}\n")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,15 @@ class ModelSettings(BaseModel):
     prompt_cache_mb: int = Field(
         default=512, ge=1, description="Local backend: memory cap of the prompt cache in MiB (LRU)."
     )
+    fast_decode: bool = Field(
+        default=True, description="Local backend: decode steps without transformers' per-call overhead."
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="int8", description="Local backend: int8 weights (none: float32, the exact reference)."
+    )
+    max_loaded_lora: int = Field(
+        default=64, ge=1, description="Local backend: LoRA adapters kept loaded (LRU); others load on use."
+    )
     stall_timeout_s: float = Field(
         default=180.0, gt=0, description="Local backend: a reply fails when the model is stuck this long in one step."
     )

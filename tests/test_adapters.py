@@ -358,3 +358,38 @@ def test_base_model_identity_is_exact_up_to_quantization_suffixes() -> None:
                   "/somewhere/else/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "Instruct"):
         assert not same_base_model(other, base), other
     assert normalize_model_name("Org/Model.Q4_1.gguf") == "org/model"
+
+
+@pytest.mark.model
+async def test_least_recently_used_loras_are_unloaded_and_reload_on_use(made: Made) -> None:
+    """Many LoRA personas on one base: only max_loaded_lora stay loaded; one that a row is still
+    decoding with is never unloaded; an unloaded one comes back on its next use with the same replies."""
+    runtime = LocalRuntime(fresh_model(), ModelSettings(max_loaded_lora=1))
+    bank = runtime.adapters
+
+    async def reply(name: str) -> list[int]:
+        pieces = [item async for item in runtime.stream(CHATS[0], GREEDY, made.path(name))]
+        result = pieces.pop()
+        assert isinstance(result, GenerationResult)
+        return runtime.loaded.tokenizer.encode("".join(map(str, pieces)), add_special_tokens=False)
+
+    def decoded(name: str) -> list[int]:
+        text = runtime.loaded.tokenizer.decode(made.refs[name][0], skip_special_tokens=True)
+        return runtime.loaded.tokenizer.encode(text, add_special_tokens=False)
+
+    try:
+        assert await reply("lora-a") == decoded("lora-a")
+        assert await reply("lora-b") == decoded("lora-b")
+        assert bank.loaded_lora() == 1 and bank.stats.evictions == 1
+        assert bank.current(made.root / "lora-a") is None  # unloaded, still valid on disk
+        # While a lora-b row decodes, loading lora-a must not unload lora-b.
+        stream = runtime.stream(CHATS[0], GREEDY.model_copy(update={"max_new_tokens": 24}), made.path("lora-b"))
+        assert isinstance(await anext(stream), str)
+        await asyncio.to_thread(runtime.ensure_adapter, "p", made.root / "lora-a")
+        assert bank.loaded_lora() == 2 and bank.current(made.root / "lora-b") is not None
+        async for _ in stream:
+            pass
+        assert await reply("lora-a") == decoded("lora-a")  # reloaded: the same replies
+        assert bank.stats.loads == 3  # a, b, a again (b stayed: it was busy; the next load trims)
+    finally:
+        runtime.close()

@@ -125,16 +125,18 @@ async def test_a_decode_step_that_raises_fails_its_rows_and_the_worker_goes_on(
     armed = threading.Event()
 
     def explode(module: Any, args: tuple[Any, ...]) -> None:
-        if armed.is_set() and args[0].shape[-1] == 1:  # a decode step feeds one token per row
+        if armed.is_set():  # armed once every row is admitted: the next forward pass is a decode step
             armed.clear()
             raise RuntimeError("injected decode fault")
 
-    with scheduler(local_model, max_batch=8) as s, hooked(embeddings(local_model), explode, pre=True):
-        streams = [s.submit(ids, LONG) for ids in prompts]
+    stories = [encode(local_model, f"Write a long story about {topic}.") for topic in ("a dragon", "the sea", "a cat")]
+    layer = local_model.model.model.layers[0].mlp.down_proj
+    with scheduler(local_model, max_batch=8) as s, hooked(layer, explode, pre=True):
+        streams = [s.submit(ids, LONG) for ids in stories]  # long replies: none ends before the fault
         await all_active(s, 3)
         armed.set()
         results = await asyncio.gather(*(outcome(stream) for stream in streams))
-        assert all(isinstance(r, ModelError) and "injected decode fault" in str(r) for r in results)
+        assert all(isinstance(r, ModelError) and "injected decode fault" in str(r) for r in results), results
         assert s.stats.failed == 3 and s.active == 0
         await served_next(s, prompts, alone)
 

@@ -56,17 +56,21 @@ class LocalRuntime:
         base = BaseModelInfo.of(
             loaded.model, loaded.name, loaded.source.name, str(getattr(loaded.model, "name_or_path", ""))
         )
-        self.adapters = AdapterBank(loaded.model, base)
+        settings = settings or ModelSettings()
+        # LoRA adapters beyond max_loaded_lora are unloaded least recently used first, except those that
+        # queued or decoding rows still name; they load again on their next use.
+        self.adapters = AdapterBank(loaded.model, base, max_loaded_lora=settings.max_loaded_lora,
+                                    in_use=lambda: self.scheduler.loras_in_use())
         # One model call at a time: loading an adapter rewires the shared modules, and PEFT installs
         # its per-row `adapter_names` hooks on those shared modules for the length of a generate().
         self._model_lock = threading.Lock()
-        self._lock_timeout_s = (settings or ModelSettings()).stall_timeout_s
+        self._lock_timeout_s = settings.stall_timeout_s
         # Streaming replies: every conversation in one continuously batched decode loop. It holds the
         # lock one step at a time, so an adapter load waits for a step, not for a whole reply.
         self.scheduler = BatchScheduler.from_settings(
             loaded.model,
             loaded.tokenizer,
-            settings or ModelSettings(),
+            settings,
             model_lock=self._model_lock,
             resolve_model=lambda: self.adapters.generator,  # the PeftModel once a LoRA is loaded
         )
@@ -90,6 +94,15 @@ class LocalRuntime:
         may be called on every bind; the first load waits for a running generation to finish.
         """
         return self._adapter(persona_id, adapter).name
+
+    def check_adapter(self, persona_id: str | None, adapter: str | Path) -> None:
+        """Validate a persona's adapter at start-up: load it while the bank has room for more LoRA
+        adapters (soft prompts always), beyond that only read and check it (it loads on first use),
+        so a thousand LoRA personas start in seconds. Raises AdapterError like `ensure_adapter`."""
+        if self.adapters.current(adapter) is not None:
+            return
+        if self.adapters.check(adapter, persona_id) == "prompt" or self.adapters.has_room():
+            self._adapter(persona_id, adapter)
 
     def _adapter(self, persona_id: str | None, adapter: str | Path) -> LoadedAdapter:
         loaded = self.adapters.current(adapter)

@@ -34,6 +34,7 @@ class LoadedModel:
     context_window: int
     load_seconds: float
     from_cache: bool
+    weights: str = "float32"  # "int8" once quantized for serving (see quantize_for_serving)
 
 
 def default_model_location() -> tuple[Path, str]:
@@ -137,3 +138,28 @@ def load_local_model(settings: ModelSettings, data_dir: Path) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         from_cache=from_cache,
     )
+
+
+def quantize_for_serving(loaded: LoadedModel, settings: ModelSettings, data_dir: Path) -> LoadedModel:
+    """Apply `settings.quantize` to a freshly loaded model (in place; before any adapter is loaded).
+
+    int8 needs the AVX2 kernel (compiled once into data_dir/kernels); where it cannot be built the
+    model stays float32 and a warning says why. Training loads its own float32 model and never calls this.
+    """
+    if settings.quantize == "none" or loaded.weights != "float32":
+        return loaded
+    from bot.models import w8kernel
+    from bot.models.quant import quantize_linears
+
+    kernel = w8kernel.load(data_dir / "kernels")
+    if kernel is None:
+        return loaded
+    started = time.perf_counter()
+    # Cached next to the converted GGUF (a changed GGUF converts into a new directory, so a new cache);
+    # a user's own model directory (BOT_MODEL__LOCAL_PATH) is never written to: quantized at each start.
+    converted = loaded.source.resolve().is_relative_to((data_dir / "models").resolve())
+    cache_file = loaded.source / "int8-weights.safetensors" if converted else None
+    quantize_linears(loaded.model, kernel, cache_file)
+    loaded.weights = "int8"
+    loaded.load_seconds += time.perf_counter() - started
+    return loaded

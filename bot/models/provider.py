@@ -19,7 +19,7 @@ from bot.adapters import AdapterError, read_adapter
 from bot.domain.persona import Persona
 from bot.errors import ConfigError
 from bot.models.local import LocalChatModel, LocalRuntime
-from bot.models.local_loader import load_local_model
+from bot.models.local_loader import load_local_model, quantize_for_serving
 from bot.models.scripted import ScriptedChatModel, approx_token_count
 from bot.ports import BoundModel
 from bot.settings import Backend, ModelSettings
@@ -65,8 +65,10 @@ class DefaultModelProvider:
     def local_runtime(self) -> LocalRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                loaded = load_local_model(self.settings, self.data_dir)
-                log.info("loaded %s in %.1fs (cached: %s)", loaded.name, loaded.load_seconds, loaded.from_cache)
+                loaded = quantize_for_serving(load_local_model(self.settings, self.data_dir), self.settings,
+                                              self.data_dir)
+                log.info("loaded %s (%s weights) in %.1fs (cached: %s)", loaded.name, loaded.weights,
+                         loaded.load_seconds, loaded.from_cache)
                 self._runtime = LocalRuntime(loaded, self.settings)
             return self._runtime
 
@@ -142,7 +144,7 @@ class DefaultModelProvider:
                     continue
                 try:
                     if backend == "local":
-                        await asyncio.to_thread(self.local_runtime().ensure_adapter, persona.id, variant.adapter)
+                        await asyncio.to_thread(self.local_runtime().check_adapter, persona.id, variant.adapter)
                     else:
                         await asyncio.to_thread(self.served_name, variant)
                 except AdapterError as exc:

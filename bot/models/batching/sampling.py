@@ -47,6 +47,34 @@ def next_token(logits: Any, generated: Sequence[int], params: GenerationParams, 
     return int(indices[choice])
 
 
+def choose_tokens(logits: Any, generated: Sequence[Sequence[int]], params: Sequence[GenerationParams],
+                  generator: Any = None) -> list[int | Exception]:
+    """Each row's next token from logits [rows, vocab], or the error that ends that row alone.
+
+    One pass for the whole batch where it can: the NaN check, and the argmax of every greedy row
+    without a repetition penalty (the common case); other rows sample one by one.
+    """
+    import torch
+
+    from bot.errors import ModelError
+
+    invalid = torch.isnan(logits).any(dim=-1).tolist()
+    plain = [p.greedy and (p.repetition_penalty == 1.0 or not g) for p, g in zip(params, generated, strict=True)]
+    argmax = logits.argmax(dim=-1).tolist() if any(plain) else []
+    chosen: list[int | Exception] = []
+    for i, (row_params, row_generated) in enumerate(zip(params, generated, strict=True)):
+        if invalid[i]:
+            chosen.append(ModelError("the model produced invalid (NaN) scores for this reply"))
+        elif plain[i]:
+            chosen.append(int(argmax[i]))
+        else:
+            try:
+                chosen.append(next_token(logits[i], row_generated, row_params, generator))
+            except RuntimeError as exc:  # e.g. inf scores that softmax turns into NaN probabilities
+                chosen.append(exc)
+    return chosen
+
+
 class Detokenizer:
     """Turn a growing token list into text deltas, never splitting a multi-byte character.
 

@@ -45,11 +45,12 @@ from bot.domain.persona import GenerationParams
 from bot.domain.stops import StopScanner
 from bot.errors import ModelBusy, ModelError, PromptTooLong
 from bot.models.batching import forward
+from bot.models.batching.decode import FastPath
 from bot.models.batching.health import WorkerHealth
 from bot.models.batching.kv import BatchState
 from bot.models.batching.prefix_cache import PrefixCache
 from bot.models.batching.rows import LIVENESS_POLL_S, Finished, FinishReason, Request, RowStream, Sink, SoftPrompt
-from bot.models.batching.sampling import Detokenizer, next_token
+from bot.models.batching.sampling import Detokenizer, choose_tokens
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,13 @@ class BatchScheduler:
         stall_timeout_s: float = 180.0,
         max_restarts: int = 3,
         liveness_poll_s: float = LIVENESS_POLL_S,
+        fast_decode: bool = True,
     ) -> None:
         """`resolve_model`, if given, returns the module to call at each step (an AdapterBank's
         generator becomes a PeftModel once the first LoRA is loaded); otherwise `model` is used.
         `stall_timeout_s`: a consumer gives up when the worker spent that long in one step.
-        `max_restarts`: crashes of the worker loop survived per minute before the scheduler breaks."""
+        `max_restarts`: crashes of the worker loop survived per minute before the scheduler breaks.
+        `fast_decode`: decode steps through `FastDecoder` where the model allows (False: transformers)."""
         if max_batch < 1 or max_queue < 0 or max_restarts < 0:
             raise ValueError("max_batch must be >= 1, max_queue and max_restarts >= 0")
         self.tokenizer = tokenizer
@@ -116,6 +119,7 @@ class BatchScheduler:
         self.prefix_cache = PrefixCache(prompt_cache_entries, prompt_cache_bytes) if prompt_cache else None
         self.stats = SchedulerStats()
         self._resolve = resolve_model or (lambda: model)
+        self._fast = FastPath.for_model(model) if fast_decode else None
         base = forward.base_of(model)
         self._config = base.config
         self._max_positions = int(getattr(base.config, "max_position_embeddings", 2048) or 2048)
@@ -143,7 +147,7 @@ class BatchScheduler:
         return cls(model, tokenizer, max_batch=settings.max_batch, max_queue=settings.max_queue,
                    prompt_cache=settings.prompt_cache, prompt_cache_entries=settings.prompt_cache_entries,
                    prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
-                   stall_timeout_s=settings.stall_timeout_s, **kwargs)
+                   stall_timeout_s=settings.stall_timeout_s, fast_decode=settings.fast_decode, **kwargs)
 
     # -- event-loop side ---------------------------------------------------------------------
 
@@ -200,6 +204,13 @@ class BatchScheduler:
     def active(self) -> int:
         with self._cond:
             return self._active_count
+
+    def loras_in_use(self) -> set[str]:
+        """LoRA names that queued or running rows need (must not be unloaded). Call with the model lock
+        held (as the adapter bank does), so the worker is between steps."""
+        with self._cond:
+            held = [*self._waiting, *self._admitting, *(row.request for row in self._active)]
+        return {request.lora for request in held if request.lora is not None}
 
     @property
     def broken(self) -> str | None:
@@ -341,12 +352,13 @@ class BatchScheduler:
         finally:
             self.stats.prefill_s += time.perf_counter() - started
         survivors: list[int] = []
+        chosen = choose_tokens(logits, [[] for _ in requests], [r.params for r in requests], self._generator)
         for i, request in enumerate(requests):
             row = _Row(request, self.tokenizer)
             row.cached = cached[i]
             self.stats.prefilled += request.prompt_positions - cached[i]
             self.stats.cached += cached[i]
-            if not self._take(row, logits[i]):
+            if not self._take(row, chosen[i]):
                 survivors.append(i)
                 self._active.append(row)
         state.keep_rows(survivors)
@@ -354,35 +366,36 @@ class BatchScheduler:
         self.stats.max_rows = max(self.stats.max_rows, len(self._active))
 
     def _decode(self, model: Any) -> None:
-        import torch
-
         started = time.perf_counter()
         mask, positions = self._batch.step_inputs()
-        tokens = torch.tensor([[row.pending] for row in self._active], dtype=torch.long)
-        logits = forward.call(model, self._batch.cache, [row.request.lora for row in self._active],
-                              input_ids=tokens, attention_mask=mask, position_ids=positions)
+        loras = [row.request.lora for row in self._active]
+        tokens = [row.pending for row in self._active]
+        if self._fast is not None and self._fast.usable(model):
+            logits = self._fast.decoder(self._batch.cache, loras, tokens, mask, positions)
+        else:
+            import torch
+
+            logits = forward.call(model, self._batch.cache, loras, input_ids=torch.tensor(tokens).unsqueeze(1),
+                                  attention_mask=mask, position_ids=positions)
         self._batch.advance(mask)
         self.stats.steps += 1
         self.stats.decoded += len(self._active)
-        done = [i for i, row in enumerate(self._active) if self._take(row, logits[i])]
+        chosen = choose_tokens(logits, [row.generated for row in self._active],
+                               [row.request.params for row in self._active], self._generator)
+        done = [i for i, row in enumerate(self._active) if self._take(row, chosen[i])]
         self._retire(done, already_ended=True)
         self.stats.decode_s += time.perf_counter() - started
 
-    def _take(self, row: _Row, logits: Any) -> bool:
-        """Choose and stream a row's next token; True when the row ended (finished, or failed alone)."""
+    def _take(self, row: _Row, token: int | Exception) -> bool:
+        """Stream a row's chosen token; True when the row ended (finished, or failed alone)."""
         try:
-            return self._accept(row, self._choose(row, logits))
+            if isinstance(token, Exception):
+                raise token
+            return self._accept(row, token)
         except Exception as exc:  # this row's fault (NaN scores, a sampling or detokenizer error)
             log.exception("a reply failed; the other rows go on")
             self._fail_row(row, exc)
             return True
-
-    def _choose(self, row: _Row, logits: Any) -> int:
-        import torch
-
-        if bool(torch.isnan(logits).any()):
-            raise ModelError("the model produced invalid (NaN) scores for this reply")
-        return next_token(logits, row.generated, row.request.params, self._generator)
 
     def _fail_row(self, row: _Row, exc: BaseException) -> None:
         self.stats.failed += 1

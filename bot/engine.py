@@ -78,6 +78,15 @@ def to_langchain(messages: list[ChatMessage]) -> list[BaseMessage]:
     return [_langchain_message(m.role, m.content) for m in messages]
 
 
+def _honour_cancellation() -> None:
+    """Raise CancelledError if this task was cancelled. redis-py's asyncio client can swallow a
+    cancellation that lands while a command is in flight (redis/redis-py#2028): a stopped reply
+    (a deleted message, /forget) must not go on to generate and be recorded anyway."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ConversationLocks:
     """One asyncio.Lock per conversation id; unused locks are garbage-collected."""
 
@@ -156,6 +165,7 @@ class ChatEngine:
             history = [
                 t for t in await self.stores.history(request.conversation_id, max_turns) if t.persona_id == persona.id
             ]
+            _honour_cancellation()
             without_memory = max_turns > 0 and not self.stores.memory_available
             greeting = self.greeting_index(persona, request.conversation_id)
             context = PromptContext(

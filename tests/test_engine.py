@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -321,3 +322,26 @@ async def test_system_prompt_shows_the_local_date(runtime: Runtime) -> None:
     after = datetime.now().astimezone()
     system = done.record.prompt_messages[0]["content"]
     assert any(f"Today is {t:%A}, {t:%Y-%m-%d}." in system for t in (before, after))
+
+
+async def test_a_cancellation_swallowed_by_the_redis_client_still_stops_the_reply(runtime: Runtime) -> None:
+    """redis-py's asyncio client can swallow a cancellation that lands mid-command (redis-py#2028):
+    the memory load returns as if nothing happened. The engine must still stop (a deleted message)."""
+    memory = runtime.engine.stores.memory
+    entered, load = asyncio.Event(), memory.load
+
+    async def swallowing_load(conversation_id: str, max_turns: int) -> Any:
+        entered.set()
+        # What the client does to a cancellation that arrives while it reads a reply: it is dropped.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        return await load(conversation_id, max_turns)
+
+    memory.load = swallowing_load  # type: ignore[method-assign]
+    task = asyncio.create_task(runtime.engine.reply(ask("stop me", conversation="stopped")))
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    memory.load = load  # type: ignore[method-assign]
+    assert await runtime.memory.load("stopped", 10) == [], "nothing of the stopped reply is remembered"

@@ -53,6 +53,9 @@ def import_command(
     print(f"  greetings: {int(persona.greeting is not None) + len(persona.alternate_greetings)}, "
           f"examples: {len(persona.examples)}, lorebook entries: {books}, assets: {len(result.assets)}"
           + (f", avatar: {persona.identity.avatar_path}" if persona.identity and persona.identity.avatar_path else ""))
+    if result.lorebook is not None:
+        print(f"  the card's lorebook is too large for the persona file: it is {result.lorebook} "
+              f"(listed in the persona's `lorebooks:`)")
     for warning in result.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
 

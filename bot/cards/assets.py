@@ -14,6 +14,7 @@ it is a PNG, JPEG, GIF or WebP image.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,8 @@ def is_image(data: bytes) -> bool:
 
 
 def _slug(text: str, fallback: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:64] or fallback
+    """A file name part: letters (any script: RisuAI names assets in the card's language), digits, - and _."""
+    return re.sub(r"[^\w-]+", "_", unicodedata.normalize("NFC", text)).strip("_.")[:64] or fallback
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,12 @@ def is_zip(data: bytes) -> bool:
     return data.startswith(ZIP_MAGIC)
 
 
+def has_zip(data: bytes) -> bool:
+    """Whether a zip ends `data` (its end-of-central-directory record in the last 64 KiB): a zip
+    written after another file, as RisuAI writes CHARX after a JPEG image."""
+    return b"PK\x05\x06" in data[-(65_536 + 22) :] and ZIP_MAGIC in data
+
+
 def safe_member_name(name: str) -> str:
     """A zip member's name if it stays inside the archive's root, else CardFormatError."""
     if not name or "\\" in name or "\0" in name or name.startswith("/") or ":" in name.split("/", 1)[0]:

@@ -4,6 +4,8 @@ downloaded. Where each asset's bytes come from:
     ccdefault:            the PNG card's own image (icons); nothing for other cards
     embeded://PATH        the CHARX member PATH (checked like every zip path)
     __asset:PATH          a PNG card's `chara-ext-asset_:PATH` chunk (base64)
+(an asset whose file is not there, e.g. embeded:// in a card.json taken out of its CHARX, is left
+out with a warning; a path that leaves the archive is an error)
     data:...;base64,...   the data URL itself
     https://, http://     kept as a link (the main icon becomes the identity's avatar_url)
 
@@ -55,6 +57,10 @@ class AssetPlan:
     warnings: list[str] = field(default_factory=list)
 
 
+class _Missing(Exception):
+    """The asset's bytes are not in this file: left out with a warning, the card imports."""
+
+
 def _bytes_of(asset: CardAssetIn, card: CardFile, where: str) -> bytes | None:
     uri = asset.uri
     if uri == "ccdefault:":
@@ -62,12 +68,14 @@ def _bytes_of(asset: CardAssetIn, card: CardFile, where: str) -> bytes | None:
     if uri.startswith(("embeded://", "embedded://")):
         path = safe_member_name(uri.split("://", 1)[1])
         if card.charx is None:
-            raise CardFormatError(f"asset {uri[:100]!r} is embedded, but this is not a CHARX file", field=where)
+            raise _Missing(f"{uri[:100]} is a file of a CHARX, and this is a {card.kind.upper()} card")
+        if path not in card.charx.names():
+            raise _Missing(f"the CHARX has no file {path[:100]!r}")
         return card.charx.read(path, MAX_ASSET_BYTES)
     if uri.startswith("__asset:"):
         blob = card.png_assets.get(uri.removeprefix("__asset:"))
         if blob is None:
-            raise CardFormatError(f"asset {uri[:100]!r}: the PNG has no such chunk", field=where)
+            raise _Missing(f"{uri[:100]}: the card has no `chara-ext-asset_:` chunk for it")
         return b64decode(blob, f"asset {uri[:60]!r}", MAX_ASSET_BYTES)
     if uri.startswith("data:"):
         header, sep, payload = uri.partition(",")
@@ -87,7 +95,11 @@ def plan_assets(card: CardFile, assets: list[CardAssetIn] | None, persona_id: st
     total = 0
     for i, asset in enumerate(listed):
         where = f"data.assets.{i}"
-        data = _bytes_of(asset, card, where)
+        try:
+            data = _bytes_of(asset, card, where)
+        except _Missing as missing:
+            plan.warnings.append(f"asset {asset.name or i} left out: {missing}")
+            continue
         ext = re.sub(r"[^a-z0-9]", "", asset.ext.lower())[:10] or "bin"
         entry = {"type": asset.type, "uri": asset.uri, "name": asset.name, "ext": asset.ext}
         if data is not None:

@@ -12,6 +12,7 @@ Decorators this bot does not support are kept in `decorators` and written back i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -61,7 +62,8 @@ def _bool(value: Any) -> bool | None:
 
 def _apply_decorator(name: str, value: str, fields: dict[str, Any]) -> bool:
     """Apply one V3 decorator to the entry's fields; False if this bot does not support it (as written)."""
-    number = int(value) if value.strip().lstrip("-").isdigit() else None
+    # ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.
+    number = int(value) if re.fullmatch(r"-?[0-9]{1,12}", value.strip()) else None
     match name:
         case "activate":
             fields["constant"] = True
@@ -197,7 +199,9 @@ def entry_from_card(
     content, kept = take_decorators(entry.content, fields)
     room = MAX_CONTENT_LENGTH - content.count("{") - content.count("}")  # escaping doubles braces
     fields["content"] = macros.template(_cut(content, room, f"{where}.content", notes), f"{where}.content")
-    fields["decorators"] = kept
+    saved = ours.get("decorators")  # a V2 export keeps them here (V2 readers would show them to the model)
+    fields["decorators"] = kept or ([d for d in saved if isinstance(d, str) and d.startswith("@@")][:64]
+                                    if isinstance(saved, list) else [])
     fields["extensions"] = ext
     return fields
 
@@ -266,6 +270,8 @@ def entry_to_card(entry: LoreEntry, *, v3: bool) -> dict[str, Any]:
                                               ("greeting", entry.greeting)) if v is not None}
     if entry.position == "before_system":
         ours["position"] = "before_system"
+    if entry.decorators and not v3:
+        ours["decorators"] = list(entry.decorators)
     if entry.use_regex and not v3:
         ours["use_regex"] = True
     ext: dict[str, Any] = {

@@ -183,7 +183,7 @@ class MacroMap:
         if (roll := _ROLL.match(body)) is not None:
             formula = roll.group(1).strip()
             self._note("{{roll}} has no dice here: it is written as its formula (e.g. 1d20)", where)
-            return escape(f"1d{formula}" if formula.isdigit() else formula)
+            return escape(f"1d{formula}" if formula.isdecimal() else formula)
         if _UTC.match(body):
             self._note("{{time_UTC...}} is the bot's local {time} (no time zone offset)", where)
             return "{time}"

@@ -51,12 +51,18 @@ MAX_GREETINGS = 100
 _START = re.compile(r"<start>", re.IGNORECASE)
 
 
-def persona_id_for(name: str) -> str:
-    """A persona id from a character's name: "Seraphina the Wise" -> "seraphina-the-wise", "Zoë" -> "zoe";
-    a name with no Latin letters ("리스") -> "character-" and a short hash of it (distinct per name)."""
+def _slug(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:64].strip("-")
-    if slug and re.fullmatch(ID_PATTERN, slug):
+    return slug if slug and re.fullmatch(ID_PATTERN, slug) else ""
+
+
+def persona_id_for(name: str, nickname: str = "") -> str:
+    """A persona id from a character's name: "Seraphina the Wise" -> "seraphina-the-wise", "Zoë" -> "zoe";
+    a name with no Latin letters ("하나") -> its nickname's ("Hana" -> "hana"), else "character-" and a
+    short hash of the name (distinct per name)."""
+    slug = _slug(name) or _slug(nickname)
+    if slug:
         return slug
     digest = hashlib.sha256(name.strip().encode("utf-8", "replace")).hexdigest()[:8]
     return f"character-{digest}" if name.strip() else "character"
@@ -138,7 +144,7 @@ def _depth_prompt_entry(ext: dict[str, Any], macros: MacroMap) -> dict[str, Any]
     if not isinstance(note, dict) or not isinstance(note.get("prompt"), str) or not note["prompt"].strip():
         return None
     depth, role = note.get("depth", 4), note.get("role", "system")
-    if isinstance(depth, str) and depth.strip().isdigit():  # SillyTavern reads it with Number()
+    if isinstance(depth, str) and re.fullmatch(r"[0-9]{1,6}", depth.strip()):  # ST reads it with Number()
         depth = int(depth)
     if isinstance(role, int) and not isinstance(role, bool) and 0 <= role < len(ROLES):
         role = ROLES[role]

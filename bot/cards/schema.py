@@ -130,7 +130,7 @@ def _entries(value: Any) -> Any:
             key, entry = item
             shown = entry.get("displayIndex", entry.get("display_index")) if isinstance(entry, dict) else None
             shown = shown if isinstance(shown, int | float) and not isinstance(shown, bool) else float("inf")
-            return (shown, int(key) if key.isdigit() and len(key) < 12 else 10**12, key)
+            return (shown, int(key) if key.isascii() and key.isdigit() and len(key) < 12 else 10**12, key)
 
         value = [entry for _, entry in sorted(value.items(), key=order)]
     if isinstance(value, list):

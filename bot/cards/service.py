@@ -78,7 +78,7 @@ def import_card(
     try:
         spec, data = card_data(card.card, warnings)
         check_spec_version(card.card, spec, warnings)
-        pid = persona_id or persona_id_for(data.name)
+        pid = persona_id or persona_id_for(data.name, data.nickname)
         assets = plan_assets(card, data.assets if spec == SPEC_V3 else None, pid)
         warnings += assets.warnings
         fields = persona_from_card(spec, data, pid, assets, keep_unknown=keep_unknown_macros, warnings=warnings)

@@ -374,3 +374,24 @@ def test_assets_a_card_points_to_but_does_not_carry_are_left_out_with_a_warning(
     again = import_card(write(tmp_path / "h.charx", charx), tmp_path / "q")
     assert again.warnings == ["asset sad left out: the CHARX has no file 'assets/emotion/image/sad.png'"]
     assert again.persona.identity is not None and again.persona.identity.avatar_path == "assets/hana/icon/main.png"
+
+
+def test_a_card_book_can_become_a_shared_lorebook(tmp_path: Path) -> None:
+    path, book = import_lorebook(write(tmp_path / "aria.json", tools.sillytavern_card()), tmp_path / "p")
+    assert path.name == "meridian.yaml" and len(book.entries) == 4 and not any(e.use_regex for e in book.entries)
+    with pytest.raises(CardFormatError, match="no lorebook"):
+        import_lorebook(write(tmp_path / "chub.json", tools.chub_card()), tmp_path / "p")
+    card = tools.chub_card()
+    card["data"]["extensions"]["world"] = "Noir City"
+    warnings = import_card(write(tmp_path / "m.json", card), tmp_path / "q").warnings
+    assert any("world info 'Noir City'" in w and "import-lorebook" in w for w in warnings)
+
+
+def test_a_png_export_says_when_the_avatar_is_not_a_png(tmp_path: Path) -> None:
+    card = tools.risu_card(icon="embeded://assets/other/image/웃음 1.webp")
+    p = import_card(write(tmp_path / "h.charx", tools.risu_charx(card)), tmp_path / "p").persona
+    assert p.identity is not None and p.identity.avatar_path == "assets/hana/icon/main.webp"
+    data, _, warnings = export_card(p, tmp_path / "p", v3=True, png_file=True)
+    assert data.startswith(PNG_SIGNATURE) and warnings == [
+        "the avatar assets/hana/icon/main.webp is not a PNG image: the card's picture is a plain square (save the "
+        "avatar as PNG to keep it)"]

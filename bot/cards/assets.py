@@ -27,13 +27,21 @@ from bot.cards.reader import CardFile, b64decode
 from bot.cards.schema import CardAssetIn
 
 DEFAULT_ICON = CardAssetIn(type="icon", uri="ccdefault:", name="main", ext="png")
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
         "avif": "image/avif", "mp3": "audio/mpeg", "ogg": "audio/ogg", "mp4": "video/mp4", "webm": "video/webm"}
 
 
+def image_kind(data: bytes) -> str | None:
+    """png, jpg, gif or webp by the bytes, else None."""
+    for magic, kind in ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"),
+                        (b"GIF89a", "gif")):
+        if data.startswith(magic):
+            return kind
+    return "webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None
+
+
 def is_image(data: bytes) -> bool:
-    return data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    return image_kind(data) is not None
 
 
 def _slug(text: str, fallback: str) -> str:
@@ -100,7 +108,9 @@ def plan_assets(card: CardFile, assets: list[CardAssetIn] | None, persona_id: st
         except _Missing as missing:
             plan.warnings.append(f"asset {asset.name or i} left out: {missing}")
             continue
-        ext = re.sub(r"[^a-z0-9]", "", asset.ext.lower())[:10] or "bin"
+        # The file's name says what its bytes are (cards mislabel: RisuAI's "unknown", WebP called png...).
+        ext = image_kind(data) if data else None
+        ext = ext or re.sub(r"[^a-z0-9]", "", asset.ext.lower())[:10] or "bin"
         entry = {"type": asset.type, "uri": asset.uri, "name": asset.name, "ext": asset.ext}
         if data is not None:
             total += len(data)

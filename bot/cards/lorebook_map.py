@@ -330,11 +330,19 @@ def book_to_card(book: Lorebook, *, v3: bool) -> dict[str, Any]:
 
 
 def lorebook_from_file(data: dict[str, Any], macros: MacroMap, char: str = "") -> dict[str, Any]:
-    """A standalone lorebook file: `{"spec": "lorebook_v3", "data": {...}}`, a card book object, or a
-    SillyTavern world-info export (`{"entries": {"0": {"key": [...], ...}}}`)."""
+    """A standalone lorebook file: `{"spec": "lorebook_v3", "data": {...}}`, a card book object, a
+    SillyTavern world-info export (`{"entries": {"0": {"key": [...], ...}}}`), or a character card
+    JSON (its `character_book`, to share it between personas)."""
     if data.get("spec") == "lorebook_v3":
         inner = data.get("data")
         data = inner if isinstance(inner, dict) else {}
+    elif data.get("spec") in ("chara_card_v2", "chara_card_v3"):
+        inner = data.get("data")
+        book = inner.get("character_book") if isinstance(inner, dict) else None
+        if not isinstance(book, dict):
+            raise CardFormatError("this character card has no lorebook (no `data.character_book`)",
+                                  field="data.character_book")
+        data = book
     if not isinstance(data.get("entries"), list | dict):
         raise CardFormatError("not a lorebook: no `entries` list (or SillyTavern `entries` object)", field="entries")
     try:

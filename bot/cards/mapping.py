@@ -221,6 +221,11 @@ def persona_from_card(
         book = book or {"entries": []}
         book["entries"].append(note)
     persona["lorebook"] = book
+    world = ext.get("world")
+    if isinstance(world, str) and world.strip() and data.character_book is None:
+        warnings.append(f"the card links SillyTavern's world info {world.strip()[:80]!r} without carrying it: import "
+                        "that world-info file with `personas import-lorebook` and list it in the persona's "
+                        "`lorebooks:`")
     persona.update({k: ours[k] for k in SAFE_EXTRAS if k in ours})
     persona["card"] = {
         "spec": spec, "creator": data.creator, "tags": data.tags, "source": data.source,

@@ -149,6 +149,9 @@ def export_card(
         try:
             candidate = (personas_dir / avatar).read_bytes()[: MAX_FILE_BYTES + 1]
             image = png.without_card(candidate) if png.is_png(candidate) else None
+            if image is None:
+                warnings.append(f"the avatar {avatar} is not a PNG image: the card's picture is a plain square "
+                                "(save the avatar as PNG to keep it)")
         except (OSError, CardError) as exc:
             warnings.append(f"avatar {avatar} unusable ({exc}): a plain image instead")
     assets = _asset_uris(persona, personas_dir, png_icon=avatar if image is not None else None, warnings=warnings)

@@ -106,9 +106,12 @@ def import_lorebook_command(
     """Import a lorebook file as personas/lorebooks/NAME.yaml (personas use it with `lorebooks: [NAME]`)."""
     from bot.cards import CardError, import_lorebook
 
+    warnings: list[str] = []
     try:
         path, book = import_lorebook(file, _personas_dir(directory), name=name, force=force,
-                                     keep_unknown_macros=keep_unknown_macros)
+                                     keep_unknown_macros=keep_unknown_macros, warnings=warnings)
     except CardError as exc:
         raise _fail(exc) from None
     print(f"imported lorebook {path.stem!r} ({len(book.entries)} entries): {path}")
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)

@@ -395,3 +395,30 @@ def test_a_png_export_says_when_the_avatar_is_not_a_png(tmp_path: Path) -> None:
     assert data.startswith(PNG_SIGNATURE) and warnings == [
         "the avatar assets/hana/icon/main.webp is not a PNG image: the card's picture is a plain square (save the "
         "avatar as PNG to keep it)"]
+
+
+@pytest.mark.parametrize(("name", "shown"), [("Nurse: Joy", "Nurse - Joy"), ("Ash #2", "Ash 2"),
+                                             ("Discord Mod", "Mod"), ("@everyone", "everyone (character)"),
+                                             ("Aria", "Aria")])
+def test_the_discord_name_leaves_out_what_discord_refuses(tmp_path: Path, name: str, shown: str) -> None:
+    path = write(tmp_path / "c.json", {"spec": "chara_card_v2", "data": {"name": name, "first_mes": "Hi"}})
+    result = import_card(path, tmp_path / "p", persona_id="x")
+    assert result.persona.name == name and result.persona.identity is not None
+    assert result.persona.identity.name == shown
+    assert any("webhooks post under" in w for w in result.warnings) == (name != shown)
+
+
+def test_sillytavern_features_this_bot_lacks_are_named(tmp_path: Path) -> None:
+    world = tools.world_info_export()
+    world["entries"]["0"].update(probability=30, group="weather")
+    world["entries"]["1"].update(group="weather", sticky=2)
+    warnings: list[str] = []
+    import_lorebook(write(tmp_path / "w.json", world), tmp_path / "p", warnings=warnings)
+    assert warnings == [
+        "entries: 1 entry with a probability below 100%; here they always fire",
+        "entries: 2 entries with an inclusion group; here every entry of a group may fire",
+        "entries: 1 entry with timed effects (sticky, cooldown, delay); here they fire whenever their keys match",
+    ]
+    assert import_card(write(tmp_path / "a.json", tools.sillytavern_card()), tmp_path / "q").warnings == [
+        "{{random}} has no random choice here: the first option is always used (data.personality)"], \
+        "SillyTavern's defaults (probability 100, no group, sticky 0) are no news"

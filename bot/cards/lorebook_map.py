@@ -206,6 +206,34 @@ def entry_from_card(
     return fields
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+#: SillyTavern world-info features this bot does not have: (test on an entry's extensions, what happens here).
+_UNSUPPORTED: tuple[tuple[Any, str], ...] = (
+    (lambda x: x.get("useProbability") is not False and _positive(100 - x.get("probability", 100)),
+     "a probability below 100%; here they always fire"),
+    (lambda x: isinstance(x.get("group"), str) and x["group"].strip(),
+     "an inclusion group; here every entry of a group may fire"),
+    (lambda x: any(_positive(x.get(k)) for k in ("sticky", "cooldown", "delay")),
+     "timed effects (sticky, cooldown, delay); here they fire whenever their keys match"),
+    (lambda x: x.get("vectorized") is True, "vector matching; here only their keys fire them"),
+    (lambda x: x.get("delay_until_recursion") not in (None, False, 0),
+     "a delay until recursion; here they do not wait"),
+)
+
+
+def _unsupported_notes(book: CardBook, where: str) -> list[str]:
+    """One note per SillyTavern world-info feature this bot does not have, with how many entries use it."""
+    notes = []
+    for test, what in _UNSUPPORTED:
+        count = sum(1 for e in book.entries if e.enabled and test(e.extensions))
+        if count:
+            notes.append(f"{where}: {count} {'entry' if count == 1 else 'entries'} with {what}")
+    return notes
+
+
 def book_from_card(
     book: CardBook, macros: MacroMap, char: str, where: str, warnings: list[str] | None = None
 ) -> dict[str, Any]:
@@ -222,6 +250,8 @@ def book_from_card(
         "entries": _unique_ids([entry_from_card(e, macros, char, f"{where}.entries.{i}", warnings)
                                 for i, e in enumerate(book.entries)], where, warnings),
     }
+    if warnings is not None:
+        warnings += _unsupported_notes(book, where)
     if isinstance(ext.get("risu_fullWordMatching"), bool):  # RisuAI's book setting (kept for RisuAI too)
         out["match_whole_words"] = ext["risu_fullWordMatching"]
     for name in ("max_recursion", "case_sensitive", "match_whole_words"):
@@ -329,7 +359,9 @@ def book_to_card(book: Lorebook, *, v3: bool) -> dict[str, Any]:
     return card
 
 
-def lorebook_from_file(data: dict[str, Any], macros: MacroMap, char: str = "") -> dict[str, Any]:
+def lorebook_from_file(
+    data: dict[str, Any], macros: MacroMap, char: str = "", warnings: list[str] | None = None
+) -> dict[str, Any]:
     """A standalone lorebook file: `{"spec": "lorebook_v3", "data": {...}}`, a card book object, a
     SillyTavern world-info export (`{"entries": {"0": {"key": [...], ...}}}`), or a character card
     JSON (its `character_book`, to share it between personas)."""
@@ -350,4 +382,4 @@ def lorebook_from_file(data: dict[str, Any], macros: MacroMap, char: str = "") -
     except ValidationError as exc:
         first = exc.errors()[0]
         raise CardFormatError(first["msg"], field=".".join(str(p) for p in first["loc"])) from None
-    return book_from_card(book, macros, char, "entries")
+    return book_from_card(book, macros, char, "entries", warnings)

@@ -156,6 +156,23 @@ def _depth_prompt_entry(ext: dict[str, Any], macros: MacroMap) -> dict[str, Any]
             "position": "at_depth", "depth": depth, "role": role}
 
 
+_NOT_IN_DISCORD_NAMES = re.compile(r"```|[@#:]|discord", re.IGNORECASE)
+
+
+def discord_name(name: str, warnings: list[str]) -> str:
+    """The name the persona posts under in Discord (`identity.name`): Discord refuses webhook names
+    containing @, #, :, ``` or "discord" (HTTP 400), so those parts are left out there (the persona's
+    `name`, which prompts use, keeps them)."""
+    cleaned = re.sub(r"\s+", " ", _NOT_IN_DISCORD_NAMES.sub(lambda m: " -" if m.group() == ":" else " ", name))
+    cleaned = re.sub(r"(^[\s-]+)|(\s+(?=\s|-\s*$))|([\s-]+$)", "", cleaned).strip() or "Character"
+    if cleaned.lower() in ("everyone", "here"):
+        cleaned += " (character)"
+    if cleaned != name:
+        warnings.append(f"Discord refuses @, #, :, ``` and 'discord' in the names webhooks post under: this persona "
+                        f"posts as {cleaned!r} (identity.name)")
+    return cleaned
+
+
 def _fit(text: str, limit: int, what: str, warnings: list[str]) -> str:
     if len(text) <= limit:
         return text
@@ -212,7 +229,8 @@ def persona_from_card(
         "post_history_instructions": template("post_history_instructions", data.post_history_instructions,
                                               limit=MAX_TEXT_CHARS).strip() or None,
         "greeting_in_prompt": True,  # SillyTavern: the greeting is the chat's first message
-        "identity": {"name": name, "avatar_path": assets.avatar_path, "avatar_url": assets.avatar_url},
+        "identity": {"name": discord_name(name, warnings), "avatar_path": assets.avatar_path,
+                     "avatar_url": assets.avatar_url},
     }
     book = (book_from_card(data.character_book, macros, names[0], "data.character_book", warnings)
             if data.character_book else None)

@@ -174,9 +174,11 @@ def export_card(
 
 def import_lorebook(
     file: Path, personas_dir: Path, *, name: str | None = None, force: bool = False,
-    keep_unknown_macros: bool = False,
+    keep_unknown_macros: bool = False, warnings: list[str] | None = None,
 ) -> tuple[Path, Lorebook]:
-    """Convert a lorebook_v3 / card book / SillyTavern world-info JSON file into personas/lorebooks/NAME.yaml."""
+    """Convert a lorebook_v3 / card book / SillyTavern world-info JSON file into personas/lorebooks/NAME.yaml.
+    What was cut, dropped or is not supported is appended to `warnings`."""
+    notes: list[str] = []
     from bot.personas.lorebooks import lorebook_path, parse_lorebook
 
     try:
@@ -187,8 +189,12 @@ def import_lorebook(
         if len(raw) > MAX_FILE_BYTES:
             raise CardLimitError(f"file is over {MAX_FILE_BYTES} bytes")
         macros = MacroMap(keep_unknown_macros)
-        fields = lorebook_from_file(clean_strings(decode_json(raw, "lorebook"))[0], macros)
+        data, cleaned = clean_strings(decode_json(raw, "lorebook"))
+        if cleaned:
+            notes.append(f"control characters or broken characters were taken out of {cleaned} text(s)")
+        fields = lorebook_from_file(data, macros, warnings=notes)
         macros.check()
+        notes += macros.warnings()
         try:
             book = Lorebook.model_validate(fields)
         except ValidationError as exc:
@@ -209,4 +215,6 @@ def import_lorebook(
         raise CardFormatError(f"the lorebook does not validate: {exc}", source=file) from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text.encode("utf-8"))
+    if warnings is not None:
+        warnings += notes
     return path, book

@@ -292,3 +292,11 @@ def gradio_card() -> Card:
     """The Pygmalion/Gradio format, before V1 names."""
     return {"char_name": "Pyg", "char_persona": "A friendly robot.", "char_greeting": "Beep boop, {{user}}!",
             "world_scenario": "A workshop.", "example_dialogue": "You: Hi\nPyg: Beep!"}
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

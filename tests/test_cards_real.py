@@ -292,6 +292,8 @@ def test_png_text_chunks_as_other_tools_write_them(tmp_path: Path, label: str, d
     ("zTXt bomb", card_png(chunk(b"zTXt", b"chara\0\0" + zlib.compress(b"A" * (40 * 2**20))) ),
      CardLimitError, "inflates past"),
     ("corrupt zTXt", card_png(chunk(b"zTXt", b"chara\0\0not zlib")), CardFormatError, "does not inflate"),
+    ("Backyard archive", tools.zip_of({"manifest.json": b'{"schemaVersion": 1}', "characters/x/character.json": b"{}"}),
+     CardFormatError, "Backyard AI archive.*PNG character card"),
 ])
 def test_other_files_get_a_clear_error(tmp_path: Path, label: str, data: bytes, error: type[CardError],
                                        message: str) -> None:
@@ -422,3 +424,23 @@ def test_sillytavern_features_this_bot_lacks_are_named(tmp_path: Path) -> None:
     assert import_card(write(tmp_path / "a.json", tools.sillytavern_card()), tmp_path / "q").warnings == [
         "{{random}} has no random choice here: the first option is always used (data.personality)"], \
         "SillyTavern's defaults (probability 100, no group, sticky 0) are no news"
+
+
+def test_cards_other_writers_wrap_differently(tmp_path: Path) -> None:
+    card = {"spec": "chara_card_v2", "data": {"name": "Raw", "first_mes": "Hi"}}
+    raw_json = card_png(text_chunk("chara", json.dumps(card).encode()))  # JSON as it is, not base64
+    url_safe = card_png(text_chunk("chara", base64.urlsafe_b64encode(json.dumps(
+        {"spec": "chara_card_v2", "data": {"name": "Ünïcode ~~~ ???", "first_mes": "Hi"}}).encode()).rstrip(b"=")))
+    utf16 = json.dumps(card).encode("utf-16")  # Notepad's "Unicode"
+    empty_data_name = {"spec": "chara_card_v2", "name": "Top", "data": {"name": "", "first_mes": "Hi"}}
+    for n, data in enumerate([raw_json, url_safe, utf16, json.dumps(empty_data_name).encode()]):
+        p = import_card(write(tmp_path / f"c{n}", data), tmp_path / f"p{n}").persona
+        assert p.greeting == "Hi" and p.name in ("Raw", "Ünïcode ~~~ ???", "Top")
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # a CHARX unzipped and zipped again as a folder
+        archive.writestr("hana/card.json", json.dumps(tools.risu_card(), ensure_ascii=False))
+        archive.writestr("hana/assets/icon/image/main.png", tiny_png())
+    p = import_card(write(tmp_path / "folder.charx", buffer.getvalue()), tmp_path / "q").persona
+    assert p.identity is not None and p.identity.avatar_path == "assets/hana/icon/main.png"

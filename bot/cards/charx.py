@@ -79,7 +79,15 @@ class CharxArchive:
         if total > MAX_ZIP_TOTAL_BYTES:
             raise CardLimitError(f"zip expands to {total} bytes (limit {MAX_ZIP_TOTAL_BYTES})")
         if CARD_JSON not in self._members:
-            raise CardFormatError("CHARX file without card.json at its root")
+            # A CHARX unzipped and zipped again as a folder: FOLDER/card.json, FOLDER/assets/...
+            nested = [n for n in self._members if n.endswith("/" + CARD_JSON) and n.count("/") == 1]
+            if len(nested) != 1:
+                if "manifest.json" in self._members:
+                    raise CardFormatError("a Backyard AI archive (.byaf), not a CHARX: export the character from "
+                                          "Backyard as a PNG character card and import that")
+                raise CardFormatError("CHARX file without card.json at its root")
+            folder = nested[0].removesuffix(CARD_JSON)
+            self._members = {n.removeprefix(folder): i for n, i in self._members.items() if n.startswith(folder)}
         self._read_total = 0
 
     def names(self) -> list[str]:

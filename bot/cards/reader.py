@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import re
 from collections.abc import Callable
@@ -79,9 +80,15 @@ def b64decode(text: bytes | str, what: str, limit: int) -> bytes:
     raw = b"".join(raw.split())
     if len(raw) // 4 * 3 > limit:
         raise CardLimitError(f"{what} is over {limit} bytes")
+    padded = raw.rstrip(b"=") + b"=" * (-len(raw.rstrip(b"=")) % 4)
     try:
-        return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+        return base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError) as exc:
+        if re.fullmatch(rb"[A-Za-z0-9_-]*=*", raw):  # the URL-safe alphabet, which some web tools write
+            try:
+                return base64.urlsafe_b64decode(padded)
+            except (binascii.Error, ValueError):
+                pass
         raise CardFormatError(f"{what} is not valid base64: {exc}") from exc
 
 
@@ -142,6 +149,11 @@ def _not_a_card(data: bytes) -> CardFormatError:
 
 
 def parse_card_bytes(data: bytes) -> CardFile:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # JSON saved as "Unicode" on Windows
+        try:
+            data = data.decode("utf-16").encode("utf-8")
+        except UnicodeError as exc:
+            raise CardFormatError(f"card JSON is not valid UTF-16 text: {exc}") from exc
     if png.is_png(data):
         chunks = png.read_chunks(data)
         texts = png.card_texts(chunks)
@@ -150,7 +162,10 @@ def parse_card_bytes(data: bytes) -> CardFile:
             raise CardFormatError("PNG without a character card (no `chara` or `ccv3` tEXt chunk): a plain image, "
                                   "or one whose card an image editor or upload site stripped")
         keyword = "ccv3" if "ccv3" in texts else "chara"
-        card = decode_json(b64decode(payload, f"the `{keyword}` chunk", MAX_JSON_BYTES))
+        if payload.lstrip().startswith(b"{"):  # JSON as it is, not base64: a few writers do that
+            card = decode_json(payload, f"the `{keyword}` chunk's")
+        else:
+            card = decode_json(b64decode(payload, f"the `{keyword}` chunk", MAX_JSON_BYTES))
         assets = {k.removeprefix(png.ASSET_PREFIX): v for k, v in texts.items() if k.startswith(png.ASSET_PREFIX)}
         return CardFile(card, "png", image=png.without_card(data), png_assets=assets)
     if is_zip(data) or (data.startswith(b"\xff\xd8\xff") and has_zip(data)):

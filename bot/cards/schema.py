@@ -235,8 +235,11 @@ def card_data(card: dict[str, Any], warnings: list[str] | None = None) -> tuple[
         if not isinstance(raw, dict):
             raise CardFormatError(f"a {spec} card needs a `data` object", field="data")
         top = _v1_fields(card)
+        data_name = raw.get("name")
         raw = {**{f: top[f] for f in (*V1_FIELDS, "tags", "creator_notes") if top.get(f) is not None},
                **{k: v for k, v in raw.items() if v is not None}}
+        if isinstance(data_name, str) and not data_name.strip() and top.get("name") is not None:
+            raw["name"] = top["name"]  # SillyTavern: `data.name || name`
     elif spec is None or spec == SPEC_V1:
         raw = _v1_fields(card)
         if not any(f in raw for f in V1_FIELDS) or "data" in card:

@@ -80,40 +80,38 @@ def escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+_BRACES = re.compile(r"\{\{|\}\}")
+
+
 def _macros(text: str) -> list[tuple[int, int]]:
     """(start, end) of each outermost {{...}} in `text`, nesting counted ({{random::{{user}}::b}} is one)."""
-    spans, depth, start, i = [], 0, 0, 0
-    while i < len(text) - 1:
-        pair = text[i : i + 2]
-        if pair == "{{":
+    if "{{" not in text:
+        return []
+    spans, depth, start = [], 0, 0
+    for match in _BRACES.finditer(text):
+        if match.group() == "{{":
             if depth == 0:
-                start = i
+                start = match.start()
             depth += 1
-            i += 2
-        elif pair == "}}" and depth:
+        elif depth:
             depth -= 1
-            i += 2
             if depth == 0:
-                spans.append((start, i))
-        else:
-            i += 1
+                spans.append((start, match.end()))
     return spans
 
 
 def _split_top(body: str, sep: str) -> list[str]:
     """`body` split at `sep` outside nested {{...}}."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(body):
-        if body.startswith("{{", i):
-            depth, i = depth + 1, i + 2
-        elif body.startswith("}}", i) and depth:
-            depth, i = depth - 1, i + 2
-        elif depth == 0 and body.startswith(sep, i):
-            parts.append(body[start:i])
-            i += len(sep)
-            start = i
-        else:
-            i += 1
+    parts, depth, start = [], 0, 0
+    for match in re.finditer(r"\{\{|\}\}|" + re.escape(sep), body):
+        token = match.group()
+        if token == "{{":
+            depth += 1
+        elif token == "}}":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            parts.append(body[start : match.start()])
+            start = match.end()
     return [*parts, body[start:]]
 
 

@@ -1,18 +1,21 @@
 """Card fields <-> persona fields. The README's mapping table documents every row.
 
     card (V1/V2/V3)                      persona
-    name                                 name, identity.name
+    name                                 name, identity.name (less what Discord refuses in webhook names)
     nickname (V3)                        nickname ({persona_name}, what {{char}} means)
     description, personality, scenario   character.description / .personality / .scenario
     first_mes                            greeting
     alternate_greetings                  alternate_greetings
     group_only_greetings (V3)            group_greetings
-    mes_example                          examples (<START> blocks of {{user}}: / {{char}}: lines)
+    mes_example                          examples (<START> blocks of {{user}}: / {{char}}: lines; a block the
+                                         character opens gets the user turn SILENT_USER)
     system_prompt                        system_prompt (empty: DEFAULT_CARD_SYSTEM_PROMPT)
     post_history_instructions            post_history_instructions
-    creator_notes                        description (shown to people, never in prompts)
+    creator_notes                        description (shown to people, never in prompts; when longer than
+                                         NOTES_LIMIT, shortened there and kept whole in card.creator_notes)
     character_version                    version
-    character_book                       lorebook (bot.cards.lorebook_map)
+    character_book                       lorebook (bot.cards.lorebook_map); too large for a persona file:
+                                         lorebooks/<id>.yaml, listed in `lorebooks` (bot.cards.service)
     tags, creator, source, creation_date, modification_date,
     creator_notes_multilingual           card.*
     assets (V3)                          card.assets (+ files under assets/<id>/), identity.avatar_path
@@ -21,6 +24,9 @@
       extensions.persona_bot (this bot's own export)           generation, memory, speakers, greeting_pick,
                                                                greeting_in_prompt (nothing that chooses a
                                                                model, adapter or server: cards are untrusted)
+
+Text over a persona limit (a name, a prompt, more than 100 examples or greetings) is cut with a
+warning, never refused: a user expects a real card to import.
 """
 
 from __future__ import annotations

@@ -266,19 +266,24 @@ def _unique_ids(entries: list[dict[str, Any]], where: str, warnings: list[str] |
     if len(seen) == sum("id" in e for e in entries):
         return entries
     taken: set[str] = set()
+    next_n: dict[str, int] = {}  # per id, where to look for a free suffix (linear, also for 20,000 repeats)
+    renamed: list[str] = []
     for i, entry in enumerate(entries):
         if "id" not in entry:
             continue
         old = str(entry["id"])
         if old in taken:
-            n = 2
+            n = next_n.get(old, 2)
             while f"{old}-{n}" in seen:
                 n += 1
+            next_n[old] = n + 1
             entry["id"] = f"{old}-{n}"
             seen.add(entry["id"])
-            if warnings is not None:
-                warnings.append(f"{where}.entries.{i}: id {old} is used twice; this entry is {entry['id']}")
+            renamed.append(f"entries.{i}: {old} -> {entry['id']}")
         taken.add(str(entry["id"]))
+    if warnings is not None:
+        more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
+        warnings.append(f"{where}: {len(renamed)} entry id(s) used twice, renamed ({'; '.join(renamed[:3])}{more})")
     return entries
 
 

@@ -84,9 +84,9 @@ def import_card(
         fields = persona_from_card(spec, data, pid, assets, keep_unknown=keep_unknown_macros, warnings=warnings)
         persona = _validated(fields)
         header = f"Imported from {file.name} ({spec}) by `python -m bot personas import`."
-        text = persona_yaml(persona, header)
         book_text = None
-        if not fits_persona_file(persona, text):
+        text = persona_yaml(persona, header) if fits_persona_file(persona) else ""
+        if not text or not fits_persona_file(persona, text):
             persona, book = _own_lorebook(persona)
             text = persona_yaml(persona, header)
             book_text = lorebook_yaml(book, book_header(pid, file.name))

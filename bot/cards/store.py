@@ -27,8 +27,10 @@ from bot.domain.lorebook import Lorebook
 from bot.domain.persona import Persona
 from bot.errors import PersonaFileError
 
+_BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available: ~10x faster
 
-class YamlDumper(yaml.SafeDumper):
+
+class YamlDumper(_BaseDumper):  # type: ignore[misc]
     """Multi-line text as literal blocks (readable prompts); everything else as usual."""
 
 
@@ -189,11 +191,11 @@ def write_persona(
     return target
 
 
-def fits_persona_file(persona: Persona, text: str) -> bool:
-    """Whether `text` (the persona's YAML) is comfortably inside the persona-file limits."""
+def fits_persona_file(persona: Persona, text: str | None = None) -> bool:
+    """Whether `persona` (and `text`, its YAML, when given) is comfortably inside the persona-file limits."""
     from bot.personas.documents import DEFAULT_LIMITS as LIMITS
 
-    if len(text.encode("utf-8")) > LIMITS.max_bytes * 3 // 4:
+    if text is not None and len(text.encode("utf-8")) > LIMITS.max_bytes * 3 // 4:
         return False
     entries = len(persona.lorebook.entries) if persona.lorebook else 0
     if entries > LIMITS.max_items * 3 // 4:

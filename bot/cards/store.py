@@ -30,7 +30,7 @@ from bot.errors import PersonaFileError
 _BaseDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when available: ~10x faster
 
 
-class YamlDumper(_BaseDumper):  # type: ignore[misc]
+class YamlDumper(_BaseDumper):
     """Multi-line text as literal blocks (readable prompts); everything else as usual."""
 
 

@@ -50,9 +50,13 @@ def import_command(
     persona = result.persona
     books = sum(len(s.book.entries) for s in persona.lore_sources)
     print(f"imported {persona.name!r} as persona {persona.id!r}: {result.path}")
-    print(f"  greetings: {int(persona.greeting is not None) + len(persona.alternate_greetings)}, "
+    group = f" (+{len(persona.group_greetings)} for shared channels)" if persona.group_greetings else ""
+    print(f"  greetings: {int(persona.greeting is not None) + len(persona.alternate_greetings)}{group}, "
           f"examples: {len(persona.examples)}, lorebook entries: {books}, assets: {len(result.assets)}"
           + (f", avatar: {persona.identity.avatar_path}" if persona.identity and persona.identity.avatar_path else ""))
+    if result.lorebook is not None:
+        print(f"  the card's lorebook is too large for the persona file: it is {result.lorebook} "
+              f"(listed in the persona's `lorebooks:`)")
     for warning in result.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
 
@@ -92,7 +96,8 @@ def export_command(
 
 
 def import_lorebook_command(
-    file: Annotated[Path, typer.Argument(help="lorebook_v3 JSON, a card's character_book, or SillyTavern world info.")],
+    file: Annotated[Path, typer.Argument(
+        help="lorebook_v3 JSON, SillyTavern world info, a card's character_book, or a card JSON (its book).")],
     name: Annotated[str | None, typer.Option(help="Lorebook name (default: from its name or file).")] = None,
     force: Annotated[bool, typer.Option(help="Replace a lorebook with the same name.")] = False,
     keep_unknown_macros: Annotated[bool, typer.Option(help="Keep unknown macros as literal text.")] = False,
@@ -101,9 +106,12 @@ def import_lorebook_command(
     """Import a lorebook file as personas/lorebooks/NAME.yaml (personas use it with `lorebooks: [NAME]`)."""
     from bot.cards import CardError, import_lorebook
 
+    warnings: list[str] = []
     try:
         path, book = import_lorebook(file, _personas_dir(directory), name=name, force=force,
-                                     keep_unknown_macros=keep_unknown_macros)
+                                     keep_unknown_macros=keep_unknown_macros, warnings=warnings)
     except CardError as exc:
         raise _fail(exc) from None
     print(f"imported lorebook {path.stem!r} ({len(book.entries)} entries): {path}")
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)

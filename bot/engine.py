@@ -167,7 +167,7 @@ class ChatEngine:
             ]
             _honour_cancellation()
             without_memory = max_turns > 0 and not self.stores.memory_available
-            greeting = self.greeting_index(persona, request.conversation_id)
+            greeting = self.greeting_index(persona, request.conversation_id, group=request.group)
             context = PromptContext(
                 user_name=request.speaker.name,
                 channel=request.channel_name,
@@ -309,10 +309,11 @@ class ChatEngine:
         name = clean_name(user_name, persona.speakers.max_name_length)
         return render(options[index], persona, PromptContext(name, channel, bot_name=self.bot_name))
 
-    def greeting_index(self, persona: Persona, conversation_id: str) -> int | None:
+    def greeting_index(self, persona: Persona, conversation_id: str, *, group: bool = False) -> int | None:
         """The greeting this conversation opened with, when that is known without remembering it:
-        every pick but `random` gives the same answer each time."""
-        options = greeting_options(persona.greeting, persona.alternate_greetings)
+        every pick but `random` gives the same answer each time (`group`: as for `greeting`)."""
+        options = greeting_options(persona.greeting, persona.alternate_greetings,
+                                   persona.group_greetings if group else ())
         return choose_greeting(options, persona.greeting_pick, persona.id, conversation_id)
 
     # -- internals ----------------------------------------------------------------------------

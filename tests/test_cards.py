@@ -180,15 +180,19 @@ def test_a_persona_written_by_hand_exports_and_comes_back(tmp_path: Path) -> Non
 
 def test_unknown_macros_fail_clearly_or_stay_literal(tmp_path: Path) -> None:
     card = v2_card()
-    card["data"]["first_mes"] = "You roll {{roll:d20}}."
+    card["data"]["first_mes"] = "You find {{calc::1+1}} coins."
+    card["data"]["alternate_greetings"] = ["{{#if rain}}Wet.{{/if}}"]
     path = write(tmp_path / "c.json", card)
-    with pytest.raises(CardMacroError, match=r"c\.json: \[data\.first_mes\] unknown macro \{\{roll:d20\}\}"):
+    with pytest.raises(CardMacroError, match=r"c\.json: \[data\.first_mes\] unknown macros \{\{calc::1\+1\}\}, "
+                       r"\{\{#if rain\}\}, \{\{/if\}\} \(also in data\.alternate_greetings\.0\).*"
+                       r"--keep-unknown-macros") as raised:
         import_card(path, tmp_path / "p")
+    assert raised.value.macros == ["calc::1+1", "#if rain", "/if"]
     assert not (tmp_path / "p").exists()
     p = import_card(path, tmp_path / "p", keep_unknown_macros=True).persona
-    assert p.greeting == "You roll {{{{roll:d20}}}}."
+    assert p.greeting == "You find {{{{calc::1+1}}}} coins."
     exported, _, _ = export_card(p, tmp_path / "p", v3=False)
-    assert json.loads(exported)["data"]["first_mes"] == "You roll {{roll:d20}}."
+    assert json.loads(exported)["data"]["first_mes"] == "You find {{calc::1+1}} coins."
 
 
 def test_existing_persona_needs_force_and_force_replaces_assets(tmp_path: Path) -> None:
@@ -227,7 +231,7 @@ def test_import_lorebook_from_sillytavern_world_info(tmp_path: Path) -> None:
     assert (river.id, river.enabled, river.position) == (1, False, "after_character")
     assert (glade.logic, glade.position, glade.depth, glade.role, glade.insertion_order) == (
         "and_all", "at_depth", 1, "assistant", 50)
-    assert glade.extensions == {"probability": 80, "displayIndex": 1}
+    assert glade.extensions == {"probability": 80, "display_index": 1}
     v3 = {"spec": "lorebook_v3", "data": {"entries": [{"keys": ["x"], "content": "X", "extensions": {},
                                                          "enabled": True, "insertion_order": 1, "use_regex": False}]}}
     path, book = import_lorebook(write(tmp_path / "v3.json", v3), tmp_path / "personas", name="x-book")

@@ -4,6 +4,8 @@ downloaded. Where each asset's bytes come from:
     ccdefault:            the PNG card's own image (icons); nothing for other cards
     embeded://PATH        the CHARX member PATH (checked like every zip path)
     __asset:PATH          a PNG card's `chara-ext-asset_:PATH` chunk (base64)
+(an asset whose file is not there, e.g. embeded:// in a card.json taken out of its CHARX, is left
+out with a warning; a path that leaves the archive is an error)
     data:...;base64,...   the data URL itself
     https://, http://     kept as a link (the main icon becomes the identity's avatar_url)
 
@@ -14,6 +16,7 @@ it is a PNG, JPEG, GIF or WebP image.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,17 +27,26 @@ from bot.cards.reader import CardFile, b64decode
 from bot.cards.schema import CardAssetIn
 
 DEFAULT_ICON = CardAssetIn(type="icon", uri="ccdefault:", name="main", ext="png")
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
         "avif": "image/avif", "mp3": "audio/mpeg", "ogg": "audio/ogg", "mp4": "video/mp4", "webm": "video/webm"}
 
 
+def image_kind(data: bytes) -> str | None:
+    """png, jpg, gif or webp by the bytes, else None."""
+    for magic, kind in ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"),
+                        (b"GIF89a", "gif")):
+        if data.startswith(magic):
+            return kind
+    return "webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None
+
+
 def is_image(data: bytes) -> bool:
-    return data.startswith(_IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    return image_kind(data) is not None
 
 
 def _slug(text: str, fallback: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:64] or fallback
+    """A file name part: letters (any script: RisuAI names assets in the card's language), digits, - and _."""
+    return re.sub(r"[^\w-]+", "_", unicodedata.normalize("NFC", text)).strip("_.")[:64] or fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,10 @@ class AssetPlan:
     warnings: list[str] = field(default_factory=list)
 
 
+class _Missing(Exception):
+    """The asset's bytes are not in this file: left out with a warning, the card imports."""
+
+
 def _bytes_of(asset: CardAssetIn, card: CardFile, where: str) -> bytes | None:
     uri = asset.uri
     if uri == "ccdefault:":
@@ -60,12 +76,14 @@ def _bytes_of(asset: CardAssetIn, card: CardFile, where: str) -> bytes | None:
     if uri.startswith(("embeded://", "embedded://")):
         path = safe_member_name(uri.split("://", 1)[1])
         if card.charx is None:
-            raise CardFormatError(f"asset {uri[:100]!r} is embedded, but this is not a CHARX file", field=where)
+            raise _Missing(f"{uri[:100]} is a file of a CHARX, and this is a {card.kind.upper()} card")
+        if path not in card.charx.names():
+            raise _Missing(f"the CHARX has no file {path[:100]!r}")
         return card.charx.read(path, MAX_ASSET_BYTES)
     if uri.startswith("__asset:"):
         blob = card.png_assets.get(uri.removeprefix("__asset:"))
         if blob is None:
-            raise CardFormatError(f"asset {uri[:100]!r}: the PNG has no such chunk", field=where)
+            raise _Missing(f"{uri[:100]}: the card has no `chara-ext-asset_:` chunk for it")
         return b64decode(blob, f"asset {uri[:60]!r}", MAX_ASSET_BYTES)
     if uri.startswith("data:"):
         header, sep, payload = uri.partition(",")
@@ -85,8 +103,14 @@ def plan_assets(card: CardFile, assets: list[CardAssetIn] | None, persona_id: st
     total = 0
     for i, asset in enumerate(listed):
         where = f"data.assets.{i}"
-        data = _bytes_of(asset, card, where)
-        ext = re.sub(r"[^a-z0-9]", "", asset.ext.lower())[:10] or "bin"
+        try:
+            data = _bytes_of(asset, card, where)
+        except _Missing as missing:
+            plan.warnings.append(f"asset {asset.name or i} left out: {missing}")
+            continue
+        # The file's name says what its bytes are (cards mislabel: RisuAI's "unknown", WebP called png...).
+        ext = image_kind(data) if data else None
+        ext = ext or re.sub(r"[^a-z0-9]", "", asset.ext.lower())[:10] or "bin"
         entry = {"type": asset.type, "uri": asset.uri, "name": asset.name, "ext": asset.ext}
         if data is not None:
             total += len(data)

@@ -30,6 +30,12 @@ def is_zip(data: bytes) -> bool:
     return data.startswith(ZIP_MAGIC)
 
 
+def has_zip(data: bytes) -> bool:
+    """Whether a zip ends `data` (its end-of-central-directory record in the last 64 KiB): a zip
+    written after another file, as RisuAI writes CHARX after a JPEG image."""
+    return b"PK\x05\x06" in data[-(65_536 + 22) :] and ZIP_MAGIC in data
+
+
 def safe_member_name(name: str) -> str:
     """A zip member's name if it stays inside the archive's root, else CardFormatError."""
     if not name or "\\" in name or "\0" in name or name.startswith("/") or ":" in name.split("/", 1)[0]:
@@ -73,7 +79,15 @@ class CharxArchive:
         if total > MAX_ZIP_TOTAL_BYTES:
             raise CardLimitError(f"zip expands to {total} bytes (limit {MAX_ZIP_TOTAL_BYTES})")
         if CARD_JSON not in self._members:
-            raise CardFormatError("CHARX file without card.json at its root")
+            # A CHARX unzipped and zipped again as a folder: FOLDER/card.json, FOLDER/assets/...
+            nested = [n for n in self._members if n.endswith("/" + CARD_JSON) and n.count("/") == 1]
+            if len(nested) != 1:
+                if "manifest.json" in self._members:
+                    raise CardFormatError("a Backyard AI archive (.byaf), not a CHARX: export the character from "
+                                          "Backyard as a PNG character card and import that")
+                raise CardFormatError("CHARX file without card.json at its root")
+            folder = nested[0].removesuffix(CARD_JSON)
+            self._members = {n.removeprefix(folder): i for n, i in self._members.items() if n.startswith(folder)}
         self._read_total = 0
 
     def names(self) -> list[str]:

@@ -3,7 +3,7 @@
     CardError (BotError)          .source (the file), .field (e.g. "data.character_book.entries.3.keys")
     ├── CardFormatError           not a readable card: bad JSON, PNG, zip or base64, wrong spec, wrong types
     ├── CardLimitError            over a documented limit: size, nesting, counts, a zip bomb
-    ├── CardMacroError            a macro this bot cannot map ({{random:...}}...): .macro
+    ├── CardMacroError            macros this bot cannot map ({{#if}}, {{calc::...}}...): .macros
     └── CardConflict              the persona (or its assets) exists already: import with --force
 
 An import that raises has written nothing; one that returns has written everything.
@@ -44,11 +44,22 @@ class CardLimitError(CardError):
 
 
 class CardMacroError(CardError):
-    def __init__(self, macro: str, *, field: str | None = None, source: Path | str | None = None) -> None:
-        self.macro = macro
+    """Macros with no mapping: `.macro` the first, `.macros` all of them (in order), `.fields` where."""
+
+    def __init__(self, macros: str | list[str], *, field: str | None = None, fields: list[str] | None = None,
+                 source: Path | str | None = None) -> None:
+        self.macros = [macros] if isinstance(macros, str) else list(dict.fromkeys(macros))
+        self.macro = self.macros[0]
+        self.fields = fields or ([field] if field else [])
+        shown = ", ".join(f"{{{{{m[:60]}}}}}" for m in self.macros[:5])
+        more = f" and {len(self.macros) - 5} more" if len(self.macros) > 5 else ""
+        elsewhere = f" (also in {', '.join(f for f in self.fields if f != field)[:200]})" \
+            if len(self.fields) > 1 else ""
+        word = "macro" if len(self.macros) == 1 else "macros"
         super().__init__(
-            f"unknown macro {{{{{macro[:60]}}}}}: this bot has no equivalent (import with --keep-unknown-macros "
-            "to keep it as literal text)",
+            f"unknown {word} {shown}{more}{elsewhere}: this bot has no equivalent. Import with "
+            "--keep-unknown-macros to keep them as literal text (the model reads them as written), or edit "
+            "the card first",
             field=field,
             source=source,
         )

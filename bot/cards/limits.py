@@ -16,6 +16,8 @@ MAX_TEXT_CHARS = 200_000
 #: One PNG chunk, and chunks in a PNG.
 MAX_PNG_CHUNK_BYTES = 32 * 1024 * 1024
 MAX_PNG_CHUNKS = 10_000
+#: The card's text chunks together, after inflating compressed (zTXt, iTXt) ones.
+MAX_PNG_TEXT_BYTES = 128 * 1024 * 1024
 #: CHARX (zip): members, each member and all members uncompressed, and the compression ratio of a member.
 MAX_ZIP_MEMBERS = 1_000
 MAX_ZIP_MEMBER_BYTES = 32 * 1024 * 1024

@@ -12,6 +12,7 @@ Decorators this bot does not support are kept in `decorators` and written back i
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,6 +23,9 @@ from bot.cards.schema import CardBook, CardBookEntry
 from bot.domain.lorebook import (
     DEFAULT_DEPTH,
     DEFAULT_SCAN_DEPTH,
+    MAX_CONTENT_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_KEYS,
     MAX_SCAN_DEPTH,
     Lorebook,
     LoreEntry,
@@ -58,7 +62,8 @@ def _bool(value: Any) -> bool | None:
 
 def _apply_decorator(name: str, value: str, fields: dict[str, Any]) -> bool:
     """Apply one V3 decorator to the entry's fields; False if this bot does not support it (as written)."""
-    number = int(value) if value.strip().lstrip("-").isdigit() else None
+    # ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.
+    number = int(value) if re.fullmatch(r"-?[0-9]{1,12}", value.strip()) else None
     match name:
         case "activate":
             fields["constant"] = True
@@ -78,6 +83,11 @@ def _apply_decorator(name: str, value: str, fields: dict[str, Any]) -> bool:
             fields["only_every"] = number
         case "is_greeting" if number is not None and number >= 0:
             fields["greeting"] = number
+        case "match_full_word" | "match_partial_word":  # RisuAI
+            fields["match_whole_words"] = name == "match_full_word"
+        case "exclude_keys_all" if not fields.get("secondary_keys") and value.strip():  # RisuAI
+            fields["secondary_keys"] = [k.strip() for k in value.split(",") if k.strip()]
+            fields["selective"], fields["logic"] = True, "not_all"
         case "additional_keys" | "exclude_keys" if not fields.get("secondary_keys") and value.strip():
             fields["secondary_keys"] = [k.strip() for k in value.split(",") if k.strip()]
             fields["selective"] = True
@@ -112,40 +122,60 @@ def take_decorators(content: str, fields: dict[str, Any]) -> tuple[str, list[str
     return "\n".join(lines[top:]).strip("\n"), kept
 
 
+def _cut(text: str, limit: int, where: str, warnings: list[str]) -> str:
+    if len(text) <= limit:
+        return text
+    warnings.append(f"{where} cut to {limit} characters (it has {len(text)})")
+    return text[:limit]
+
+
+def _sillytavern_entry(ext: dict[str, Any]) -> bool:
+    """Whether an entry was written by SillyTavern (its card export adds `display_index`)."""
+    return "display_index" in ext
+
+
 def entry_from_card(
     entry: CardBookEntry, macros: MacroMap, char: str, where: str, warnings: list[str] | None = None
 ) -> dict[str, Any]:
     ext = dict(entry.extensions)
     ours = ext.pop(OURS, None)
     ours = ours if isinstance(ours, dict) else {}
-    use_regex = entry.use_regex or ours.get("use_regex") is True
+    # SillyTavern exports every entry with `use_regex: true` ("ST keys are always regex") but reads its
+    # keys as plain text unless written /pattern/flags, and so does RisuAI: read them as they were meant.
+    use_regex = (entry.use_regex and not _sillytavern_entry(ext)) or ours.get("use_regex") is True
     case_sensitive = bool(entry.case_sensitive)
+    notes = warnings if warnings is not None else []
 
     def key(value: str, field: str) -> str | None:
+        if len(value) > MAX_KEY_LENGTH:
+            notes.append(f"{field}: a key of {len(value)} characters (limit {MAX_KEY_LENGTH}) is left out")
+            return None
         if not (use_regex or slashed_regex(value)):
             return macros.literal(value, field, char=char)
         try:
             compile_key_regex(value, case_sensitive)
         except ValueError as exc:  # the V3 spec: an invalid pattern is no match
-            if warnings is not None:
-                warnings.append(f"{field}: {exc}; the key is left out")
+            notes.append(f"{field}: {exc}; the key is left out")
             return None
         return value
 
     def keys(values: list[str], field: str) -> list[str]:
-        return [k for j, v in enumerate(values) if (k := key(v, f"{where}.{field}.{j}")) is not None]
+        kept = [k for j, v in enumerate(values) if (k := key(v, f"{where}.{field}.{j}")) is not None]
+        if len(kept) > MAX_KEYS:
+            notes.append(f"{where}.{field}: {len(kept)} keys, the first {MAX_KEYS} are kept")
+        return kept[:MAX_KEYS]
 
     fields: dict[str, Any] = {
         "keys": keys(entry.keys, "keys"),
         "secondary_keys": keys(entry.secondary_keys, "secondary_keys"),
         "selective": entry.selective,
-        "enabled": entry.enabled,
+        "enabled": entry.enabled and ext.get("mode") != "folder",  # RisuAI's folders only group entries
         "constant": entry.constant,
         "use_regex": use_regex,
         "insertion_order": entry.insertion_order,
         "priority": entry.priority,
-        "name": entry.name,
-        "comment": entry.comment,
+        "name": _cut(entry.name, 500, f"{where}.name", notes),
+        "comment": _cut(entry.comment, 10_000, f"{where}.comment", notes),
     }
     if entry.id is not None:
         fields["id"] = entry.id
@@ -167,10 +197,41 @@ def entry_from_card(
     for name in ("only_after", "only_every", "greeting"):
         fields[name] = _int(ours.get(name), 0, 10**9)
     content, kept = take_decorators(entry.content, fields)
-    fields["content"] = macros.template(content, f"{where}.content")
-    fields["decorators"] = kept
+    room = MAX_CONTENT_LENGTH - content.count("{") - content.count("}")  # escaping doubles braces
+    fields["content"] = macros.template(_cut(content, room, f"{where}.content", notes), f"{where}.content")
+    saved = ours.get("decorators")  # a V2 export keeps them here (V2 readers would show them to the model)
+    fields["decorators"] = kept or ([d for d in saved if isinstance(d, str) and d.startswith("@@")][:64]
+                                    if isinstance(saved, list) else [])
     fields["extensions"] = ext
     return fields
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+#: SillyTavern world-info features this bot does not have: (test on an entry's extensions, what happens here).
+_UNSUPPORTED: tuple[tuple[Any, str], ...] = (
+    (lambda x: x.get("useProbability") is not False and _positive(100 - x.get("probability", 100)),
+     "a probability below 100%; here they always fire"),
+    (lambda x: isinstance(x.get("group"), str) and x["group"].strip(),
+     "an inclusion group; here every entry of a group may fire"),
+    (lambda x: any(_positive(x.get(k)) for k in ("sticky", "cooldown", "delay")),
+     "timed effects (sticky, cooldown, delay); here they fire whenever their keys match"),
+    (lambda x: x.get("vectorized") is True, "vector matching; here only their keys fire them"),
+    (lambda x: x.get("delay_until_recursion") not in (None, False, 0),
+     "a delay until recursion; here they do not wait"),
+)
+
+
+def _unsupported_notes(book: CardBook, where: str) -> list[str]:
+    """One note per SillyTavern world-info feature this bot does not have, with how many entries use it."""
+    notes = []
+    for test, what in _UNSUPPORTED:
+        count = sum(1 for e in book.entries if e.enabled and test(e.extensions))
+        if count:
+            notes.append(f"{where}: {count} {'entry' if count == 1 else 'entries'} with {what}")
+    return notes
 
 
 def book_from_card(
@@ -186,13 +247,44 @@ def book_from_card(
         "token_budget": book.token_budget if book.token_budget and book.token_budget > 0 else None,
         "recursive_scanning": bool(book.recursive_scanning),
         "extensions": ext,
-        "entries": [entry_from_card(e, macros, char, f"{where}.entries.{i}", warnings)
-                    for i, e in enumerate(book.entries)],
+        "entries": _unique_ids([entry_from_card(e, macros, char, f"{where}.entries.{i}", warnings)
+                                for i, e in enumerate(book.entries)], where, warnings),
     }
+    if warnings is not None:
+        warnings += _unsupported_notes(book, where)
+    if isinstance(ext.get("risu_fullWordMatching"), bool):  # RisuAI's book setting (kept for RisuAI too)
+        out["match_whole_words"] = ext["risu_fullWordMatching"]
     for name in ("max_recursion", "case_sensitive", "match_whole_words"):
         if name in ours:
             out[name] = ours[name]
     return out
+
+
+def _unique_ids(entries: list[dict[str, Any]], where: str, warnings: list[str] | None) -> list[dict[str, Any]]:
+    """Entries whose ids repeat (merged or hand-edited books) get the next free `ID-2`, `ID-3`..."""
+    seen = {str(e["id"]) for e in entries if "id" in e}
+    if len(seen) == sum("id" in e for e in entries):
+        return entries
+    taken: set[str] = set()
+    next_n: dict[str, int] = {}  # per id, where to look for a free suffix (linear, also for 20,000 repeats)
+    renamed: list[str] = []
+    for i, entry in enumerate(entries):
+        if "id" not in entry:
+            continue
+        old = str(entry["id"])
+        if old in taken:
+            n = next_n.get(old, 2)
+            while f"{old}-{n}" in seen:
+                n += 1
+            next_n[old] = n + 1
+            entry["id"] = f"{old}-{n}"
+            seen.add(entry["id"])
+            renamed.append(f"entries.{i}: {old} -> {entry['id']}")
+        taken.add(str(entry["id"]))
+    if warnings is not None:
+        more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
+        warnings.append(f"{where}: {len(renamed)} entry id(s) used twice, renamed ({'; '.join(renamed[:3])}{more})")
+    return entries
 
 
 def _entry_decorators(entry: LoreEntry) -> list[str]:
@@ -213,6 +305,8 @@ def entry_to_card(entry: LoreEntry, *, v3: bool) -> dict[str, Any]:
                                               ("greeting", entry.greeting)) if v is not None}
     if entry.position == "before_system":
         ours["position"] = "before_system"
+    if entry.decorators and not v3:
+        ours["decorators"] = list(entry.decorators)
     if entry.use_regex and not v3:
         ours["use_regex"] = True
     ext: dict[str, Any] = {
@@ -270,44 +364,27 @@ def book_to_card(book: Lorebook, *, v3: bool) -> dict[str, Any]:
     return card
 
 
-def _world_info_entry(raw: dict[str, Any]) -> dict[str, Any]:
-    """A SillyTavern world-info entry (its own field names) as a card book entry."""
-    renames = {"key": "keys", "keysecondary": "secondary_keys", "order": "insertion_order", "uid": "id",
-               "comment": "comment", "content": "content", "constant": "constant", "selective": "selective"}
-    to_ext = {"position": "position", "depth": "depth", "role": "role", "selectiveLogic": "selectiveLogic",
-              "scanDepth": "scan_depth", "caseSensitive": "case_sensitive", "matchWholeWords": "match_whole_words",
-              "excludeRecursion": "exclude_recursion", "preventRecursion": "prevent_recursion"}
-    entry: dict[str, Any] = {"extensions": {}}
-    for key, value in raw.items():
-        if key in renames:
-            entry[renames[key]] = value
-        elif key == "disable":
-            entry["enabled"] = not value
-        elif key in to_ext:
-            entry["extensions"][to_ext[key]] = value
-        else:
-            entry["extensions"][key] = value
-    return entry
-
-
-def lorebook_from_file(data: dict[str, Any], macros: MacroMap, char: str = "") -> dict[str, Any]:
-    """A standalone lorebook file: `{"spec": "lorebook_v3", "data": {...}}`, a card book object, or a
-    SillyTavern world-info export (`{"entries": {"0": {"key": [...], ...}}}`)."""
+def lorebook_from_file(
+    data: dict[str, Any], macros: MacroMap, char: str = "", warnings: list[str] | None = None
+) -> dict[str, Any]:
+    """A standalone lorebook file: `{"spec": "lorebook_v3", "data": {...}}`, a card book object, a
+    SillyTavern world-info export (`{"entries": {"0": {"key": [...], ...}}}`), or a character card
+    JSON (its `character_book`, to share it between personas)."""
     if data.get("spec") == "lorebook_v3":
         inner = data.get("data")
         data = inner if isinstance(inner, dict) else {}
-    entries = data.get("entries")
-    if isinstance(entries, dict):  # SillyTavern world info: entries by uid
-        ordered = sorted(entries.values(), key=lambda e: e.get("displayIndex", 0) if isinstance(e, dict) else 0)
-        if not all(isinstance(e, dict) for e in ordered):
-            raise CardFormatError("world-info entries must be objects", field="entries")
-        data = {**{k: v for k, v in data.items() if k != "entries"},
-                "entries": [_world_info_entry(e) for e in ordered]}
-    elif not isinstance(entries, list):
+    elif data.get("spec") in ("chara_card_v2", "chara_card_v3"):
+        inner = data.get("data")
+        book = inner.get("character_book") if isinstance(inner, dict) else None
+        if not isinstance(book, dict):
+            raise CardFormatError("this character card has no lorebook (no `data.character_book`)",
+                                  field="data.character_book")
+        data = book
+    if not isinstance(data.get("entries"), list | dict):
         raise CardFormatError("not a lorebook: no `entries` list (or SillyTavern `entries` object)", field="entries")
     try:
         book = CardBook.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise CardFormatError(first["msg"], field=".".join(str(p) for p in first["loc"])) from None
-    return book_from_card(book, macros, char, "entries")
+    return book_from_card(book, macros, char, "entries", warnings)

@@ -2,8 +2,9 @@
 
 A PNG is an 8-byte signature and chunks: length (4 bytes, big-endian), type (4), data, CRC-32 of
 type + data. Character cards put base64 JSON in a `tEXt` chunk whose keyword is `chara` (V2) or
-`ccv3` (V3); V3 may add `chara-ext-asset_:PATH` chunks. Reading checks every length against the
-limits and every CRC, and stops at IEND.
+`ccv3` (V3); V3 may add `chara-ext-asset_:PATH` chunks. Some tools write the card in a `zTXt` or
+`iTXt` chunk instead, or spell the keyword `Chara`: read too. Reading checks every length against the
+limits and every CRC, and stops at IEND. Writing uses plain `tEXt`, as the specs say.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.cards.errors import CardFormatError, CardLimitError
-from bot.cards.limits import MAX_PNG_CHUNK_BYTES, MAX_PNG_CHUNKS
+from bot.cards.limits import MAX_PNG_CHUNK_BYTES, MAX_PNG_CHUNKS, MAX_PNG_TEXT_BYTES
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CARD_KEYWORDS = ("chara", "ccv3")
@@ -66,27 +67,71 @@ def read_chunks(data: bytes) -> list[Chunk]:
             return chunks
 
 
-def text_of(chunk: Chunk) -> tuple[str, bytes] | None:
-    """(keyword, text) of a tEXt chunk, else None."""
-    if chunk.type != b"tEXt" or b"\0" not in chunk.data:
+def _inflate(data: bytes, limit: int) -> bytes:
+    """zlib data, refused when it inflates past `limit` (a compressed text chunk can be a bomb)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise CardFormatError(f"corrupt PNG: a compressed text chunk does not inflate ({exc})") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise CardLimitError(f"a compressed PNG text chunk inflates past {limit} bytes")
+    return out
+
+
+def text_of(chunk: Chunk, limit: int = MAX_PNG_CHUNK_BYTES) -> tuple[str, bytes] | None:
+    """(keyword, text) of a text chunk: tEXt, and also zTXt and iTXt (compressed or not), which some
+    card tools write; else None. Compressed text is inflated (to at most `limit` bytes) only for card
+    keywords."""
+    if chunk.type not in (b"tEXt", b"zTXt", b"iTXt") or b"\0" not in chunk.data:
         return None
-    keyword, _, text = chunk.data.partition(b"\0")
-    return keyword.decode("latin-1"), text
+    raw_keyword, _, rest = chunk.data.partition(b"\0")
+    keyword = raw_keyword.decode("latin-1")
+    if chunk.type == b"tEXt":
+        return keyword, rest
+    if not _is_card_keyword(keyword):
+        return keyword, b""
+    if chunk.type == b"zTXt":  # compression method byte, then zlib data
+        return keyword, _inflate(rest[1:], limit)
+    # iTXt: compression flag, method, language tag\0, translated keyword\0, text (UTF-8)
+    if len(rest) < 2:
+        raise CardFormatError(f"corrupt PNG: truncated iTXt chunk {keyword!r}")
+    compressed, body = rest[0], rest[2:]
+    parts = body.split(b"\0", 2)
+    if len(parts) < 3:
+        raise CardFormatError(f"corrupt PNG: truncated iTXt chunk {keyword!r}")
+    return keyword, _inflate(parts[2], limit) if compressed else parts[2]
+
+
+def _is_card_keyword(keyword: str) -> bool:
+    return keyword.lower() in CARD_KEYWORDS or keyword.startswith(ASSET_PREFIX)
 
 
 def card_texts(chunks: Iterable[Chunk]) -> dict[str, bytes]:
-    """The card's tEXt chunks by keyword: chara, ccv3 and chara-ext-asset_:PATH (the first of each)."""
+    """The card's text chunks by keyword: chara, ccv3 (any case, as SillyTavern reads them) and
+    chara-ext-asset_:PATH (the first of each), all of them together inflating to at most
+    MAX_PNG_TEXT_BYTES."""
     found: dict[str, bytes] = {}
+    left = MAX_PNG_TEXT_BYTES
     for chunk in chunks:
-        text = text_of(chunk)
-        if text is not None and (text[0] in CARD_KEYWORDS or text[0].startswith(ASSET_PREFIX)):
-            found.setdefault(text[0], text[1])
+        if not _is_card_chunk(chunk):
+            continue
+        keyword = chunk.data.partition(b"\0")[0].decode("latin-1")
+        keyword = keyword.lower() if keyword.lower() in CARD_KEYWORDS else keyword
+        if keyword in found:
+            continue
+        text = text_of(chunk, min(MAX_PNG_CHUNK_BYTES, left))
+        assert text is not None
+        found[keyword] = text[1]
+        left -= len(text[1])
     return found
 
 
 def _is_card_chunk(chunk: Chunk) -> bool:
-    text = text_of(chunk)
-    return text is not None and (text[0] in CARD_KEYWORDS or text[0].startswith(ASSET_PREFIX))
+    if chunk.type not in (b"tEXt", b"zTXt", b"iTXt"):
+        return False
+    keyword = chunk.data.partition(b"\0")[0].decode("latin-1")
+    return _is_card_keyword(keyword)
 
 
 def without_card(data: bytes) -> bytes:

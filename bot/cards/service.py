@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from bot.cards import png
@@ -19,15 +18,23 @@ from bot.cards.limits import MAX_ASSET_BYTES, MAX_FILE_BYTES
 from bot.cards.lorebook_map import lorebook_from_file
 from bot.cards.macros import MacroMap
 from bot.cards.mapping import (
+    DEPTH_PROMPT_ID,
     card_from_persona,
     check_spec_version,
     data_url,
     persona_from_card,
     persona_id_for,
 )
-from bot.cards.reader import decode_json, read_card_file
+from bot.cards.reader import clean_strings, decode_json, read_card_file
 from bot.cards.schema import SPEC_V3, card_data
-from bot.cards.store import YamlDumper, atomic_write, persona_yaml, write_persona
+from bot.cards.store import (
+    atomic_write,
+    book_header,
+    fits_persona_file,
+    lorebook_yaml,
+    persona_yaml,
+    write_persona,
+)
 from bot.domain.lorebook import Lorebook
 from bot.domain.persona import ID_PATTERN, Persona
 from bot.errors import PersonaFileError
@@ -44,6 +51,8 @@ class ImportResult:
     path: Path
     assets: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The persona's own lorebook file, when its card's book was too large for the persona file.
+    lorebook: Path | None = None
 
 
 def _validated(fields: dict[str, Any]) -> Persona:
@@ -64,21 +73,42 @@ def import_card(
         raise CardFormatError(f"--id {persona_id!r}: lowercase letters, digits, - and _ (at most 64)")
     card = read_card_file(file)
     warnings: list[str] = []
+    if card.cleaned:
+        warnings.append(f"control characters or broken characters were taken out of {card.cleaned} text(s)")
     try:
-        spec, data = card_data(card.card)
+        spec, data = card_data(card.card, warnings)
         check_spec_version(card.card, spec, warnings)
-        pid = persona_id or persona_id_for(data.name)
+        pid = persona_id or persona_id_for(data.name, data.nickname)
         assets = plan_assets(card, data.assets if spec == SPEC_V3 else None, pid)
         warnings += assets.warnings
         fields = persona_from_card(spec, data, pid, assets, keep_unknown=keep_unknown_macros, warnings=warnings)
         persona = _validated(fields)
-        text = persona_yaml(persona, f"Imported from {file.name} ({spec}) by `python -m bot personas import`.")
+        header = f"Imported from {file.name} ({spec}) by `python -m bot personas import`."
+        book_text = None
+        text = persona_yaml(persona, header) if fits_persona_file(persona) else ""
+        if not text or not fits_persona_file(persona, text):
+            persona, book = _own_lorebook(persona)
+            text = persona_yaml(persona, header)
+            book_text = lorebook_yaml(book, book_header(pid, file.name))
     except CardError as exc:
         raise exc.at(file) from exc.__cause__
-    path = write_persona(personas_dir, pid, text, assets.files, force=force)
+    path = write_persona(personas_dir, pid, text, assets.files, force=force, book=book_text)
     from bot.personas.loader import load_persona_file
+    from bot.personas.lorebooks import lorebook_path
 
-    return ImportResult(load_persona_file(path), path, [personas_dir / f.path for f in assets.files], warnings)
+    return ImportResult(load_persona_file(path), path, [personas_dir / f.path for f in assets.files], warnings,
+                        lorebook_path(personas_dir, pid) if book_text is not None else None)
+
+
+def _own_lorebook(persona: Persona) -> tuple[Persona, Lorebook]:
+    """A card book too large for the persona file moves to its own lorebook file, named like the
+    persona; SillyTavern's character note stays inline (the export tells it apart there)."""
+    assert persona.lorebook is not None
+    entries = persona.lorebook.entries
+    notes = tuple(e for e in entries if e.id == DEPTH_PROMPT_ID)
+    book = persona.lorebook.model_copy(update={"entries": tuple(e for e in entries if e.id != DEPTH_PROMPT_ID)})
+    inline = Lorebook(entries=notes) if notes else None
+    return persona.model_copy(update={"lorebook": inline, "lorebooks": (persona.id, *persona.lorebooks)}), book
 
 
 def _asset_uris(
@@ -119,6 +149,9 @@ def export_card(
         try:
             candidate = (personas_dir / avatar).read_bytes()[: MAX_FILE_BYTES + 1]
             image = png.without_card(candidate) if png.is_png(candidate) else None
+            if image is None:
+                warnings.append(f"the avatar {avatar} is not a PNG image: the card's picture is a plain square "
+                                "(save the avatar as PNG to keep it)")
         except (OSError, CardError) as exc:
             warnings.append(f"avatar {avatar} unusable ({exc}): a plain image instead")
     assets = _asset_uris(persona, personas_dir, png_icon=avatar if image is not None else None, warnings=warnings)
@@ -141,9 +174,11 @@ def export_card(
 
 def import_lorebook(
     file: Path, personas_dir: Path, *, name: str | None = None, force: bool = False,
-    keep_unknown_macros: bool = False,
+    keep_unknown_macros: bool = False, warnings: list[str] | None = None,
 ) -> tuple[Path, Lorebook]:
-    """Convert a lorebook_v3 / card book / SillyTavern world-info JSON file into personas/lorebooks/NAME.yaml."""
+    """Convert a lorebook_v3 / card book / SillyTavern world-info JSON file into personas/lorebooks/NAME.yaml.
+    What was cut, dropped or is not supported is appended to `warnings`."""
+    notes: list[str] = []
     from bot.personas.lorebooks import lorebook_path, parse_lorebook
 
     try:
@@ -153,7 +188,13 @@ def import_lorebook(
     try:
         if len(raw) > MAX_FILE_BYTES:
             raise CardLimitError(f"file is over {MAX_FILE_BYTES} bytes")
-        fields = lorebook_from_file(decode_json(raw, "lorebook"), MacroMap(keep_unknown_macros))
+        macros = MacroMap(keep_unknown_macros)
+        data, cleaned = clean_strings(decode_json(raw, "lorebook"))
+        if cleaned:
+            notes.append(f"control characters or broken characters were taken out of {cleaned} text(s)")
+        fields = lorebook_from_file(data, macros, warnings=notes)
+        macros.check()
+        notes += macros.warnings()
         try:
             book = Lorebook.model_validate(fields)
         except ValidationError as exc:
@@ -167,13 +208,13 @@ def import_lorebook(
     path = lorebook_path(personas_dir, target_name)
     if path.exists() and not force:
         raise CardConflict(f"{path} exists: import with --force to replace it, or choose another --name")
-    body = yaml.dump(book.model_dump(mode="json", exclude_defaults=True), Dumper=YamlDumper, sort_keys=False,
-                     allow_unicode=True, width=110)
-    text = f"# Imported from {file.name} by `python -m bot personas import-lorebook`.\n{body}"
+    text = lorebook_yaml(book, f"# Imported from {file.name} by `python -m bot personas import-lorebook`.\n")
     try:
         parse_lorebook(path, text)
     except PersonaFileError as exc:
         raise CardFormatError(f"the lorebook does not validate: {exc}", source=file) from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text.encode("utf-8"))
+    if warnings is not None:
+        warnings += notes
     return path, book

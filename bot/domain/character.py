@@ -88,7 +88,9 @@ class CardInfo(_Strict):
     """Card fields that do not shape prompts, kept so an export gives them back unchanged."""
 
     spec: str = Field(default="chara_card_v2", max_length=32)
-    creator: str = Field(default="", max_length=1000)
+    creator: str = Field(default="", max_length=200_000)
+    #: The card's creator notes when they are longer than the persona's `description` holds.
+    creator_notes: str | None = Field(default=None, max_length=200_000)
     tags: tuple[str, ...] = Field(default=(), max_length=1000)
     source: tuple[str, ...] = Field(default=(), max_length=1000)
     creation_date: int | None = None

@@ -77,3 +77,5 @@ class ChatRequest:
     server_name: str = ""
     #: Transport ids (message, channel, guild...) stored with the reply record for later lookups.
     context: dict[str, str] = field(default_factory=dict)
+    #: A place several users share (a server channel or thread): a card's group-only greetings apply.
+    group: bool = False

@@ -28,7 +28,7 @@ _CACHE_SIZE = 64
 
 Locate = Callable[[Sequence[int | str]], tuple[int, int]]
 
-_cache: dict[Path, tuple[tuple[int, int], Lorebook]] = {}
+_cache: dict[Path, tuple[tuple[int, int, int], Lorebook]] = {}
 _lock = threading.Lock()
 
 
@@ -59,12 +59,13 @@ def parse_lorebook(path: Path, text: str) -> Lorebook:
 
 
 def load_lorebook_file(path: Path) -> Lorebook:
-    """The lorebook at `path`, parsed once per file version (size and modification time)."""
+    """The lorebook at `path`, parsed once per file version (inode, modification time and size)."""
     try:
         stat = path.stat()
         if stat.st_size > MAX_LOREBOOK_BYTES:
             raise PersonaFileError(path, f"lorebook file larger than {MAX_LOREBOOK_BYTES // 2**20} MiB")
-        version = (stat.st_mtime_ns, stat.st_size)
+        # The inode too: an editor's rename-over-the-file can keep the size and, on coarse clocks, the time.
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         with _lock:
             cached = _cache.get(path)
         if cached is not None and cached[0] == version:

@@ -25,6 +25,7 @@ from bot.domain.persona import Persona
 from bot.errors import PersonaFileError, PersonaNotFound
 from bot.personas.documents import DEFAULT_LIMITS, Limits
 from bot.personas.loader import LoadResult, load_directory, persona_files
+from bot.personas.lorebooks import LOREBOOK_DIR
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,13 @@ class FilePersonaRegistry:
     # -- watching ------------------------------------------------------------------------------
 
     def stamp(self) -> Stamp:
-        """(inode, mtime, size) of every file a reload reads: persona files (through symlinks) and
-        the adapter files they name. A different stamp means a reload may change something."""
+        """(inode, mtime, size) of every file a reload reads: persona files (through symlinks), the
+        shared lorebooks (lorebooks/*.yaml) and the adapter files the personas name. A different
+        stamp means a reload may change something."""
         stamp: Stamp = {}
         for path in persona_files(self.directory):
+            _stat_into(stamp, path)
+        for path in persona_files(self.directory / LOREBOOK_DIR):  # shared lorebooks (and new ones)
             _stat_into(stamp, path)
         for persona in list(self._state.result.personas.values()):
             stamp.update(_adapter_stamp(persona))

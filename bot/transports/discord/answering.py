@@ -30,6 +30,7 @@ def request_for(inbound: Inbound, persona: Persona) -> ChatRequest:
         channel_name=inbound.channel_label,
         server_name=inbound.server_name,
         context=context,
+        group=not place.is_dm,
     )
 
 

@@ -105,7 +105,8 @@ class MessageHandler:
         """A bare mention: the persona's greeting (not a model call, so it does not queue); sticky per conversation."""
         inbound = answer.inbound
         greeting = await self.services.engine.greeting(
-            answer.persona, inbound.speaker.name, inbound.channel_label, conversation_id=inbound.conversation_id
+            answer.persona, inbound.speaker.name, inbound.channel_label, conversation_id=inbound.conversation_id,
+            group=not inbound.place.is_dm,  # a server channel or thread is shared: group-only greetings apply
         )
         ids = await answer.stream.finish(greeting or NUDGE)
         return Outcome("greeted", tuple(ids))

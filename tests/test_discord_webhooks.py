@@ -81,6 +81,17 @@ async def test_transient_discord_errors_are_retried_and_never_cached(h: DiscordH
     assert [m.via for m in h.reply_of(fourth)] == ["webhook"]
 
 
+async def test_a_webhook_post_discord_refuses_is_posted_as_the_bot(h: DiscordHarness) -> None:
+    """Discord refuses some webhook names (e.g. containing "discord") with a 400: the reply still goes out."""
+    await h.say(h.alice, h.general, "one", mention_bot=True)
+    [webhook] = h.fake.webhooks
+    h.fake.fail("POST", rf"/webhooks/{webhook}/[^/]+", 400, code=50035)
+    _, refused = await h.say(h.alice, h.general, "two", mention_bot=True)
+    assert refused.kind == "replied"
+    assert [m.via for m in h.reply_of(refused)] == ["channel"]
+    assert h.reply_of(refused)[0].content == "[Captain Redbeard] You said: two"
+
+
 async def test_a_slow_webhook_lookup_in_one_channel_does_not_hold_up_another(h: DiscordHarness) -> None:
     await h.fake.command(h.admin, h.lounge, "persona set", persona="captain")
     gate = h.fake.hold("GET", rf"/channels/{h.general['id']}/webhooks")

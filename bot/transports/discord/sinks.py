@@ -92,7 +92,9 @@ class WebhookSink:
                 self.webhooks.forget(webhook)
                 log.info("webhook gone while posting in channel %s (try %d)", self.channel_id, attempt + 1)
                 continue
-            except discord.DiscordServerError as exc:
+            except discord.HTTPException as exc:
+                # A server error after discord.py's own retries, or a refusal that retrying cannot fix
+                # (a persona name Discord does not allow for webhooks, a missing permission).
                 log.warning("webhook send failed in channel %s (%s): posting as the bot", self.channel_id, exc)
                 break
             self._posted_by[message.id] = webhook

@@ -22,12 +22,12 @@ import random
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 
 from bot.domain.character import choose_greeting, greeting_options
-from bot.domain.feedback import Rating, ReplyRecord, new_reply_id, prompt_hash
+from bot.domain.feedback import FailedReply, Rating, ReplyRecord, new_reply_id, prompt_hash
 from bot.domain.messages import STORED_NAME_LENGTH, ChatMessage, ChatRequest, StoredTurn, clean_name
 from bot.domain.persona import Persona
 from bot.domain.prompt import AssembledPrompt, PromptContext, build_prompt, render
@@ -35,7 +35,7 @@ from bot.domain.ratings import MessageRating, RateOutcome
 from bot.domain.text import valid_request, valid_text
 from bot.domain.variants import choose_variant
 from bot.domain.writes import AppendTurns
-from bot.errors import BotError, ModelError
+from bot.errors import BotError, ModelBusy, ModelError
 from bot.journal.stores import JournaledStores
 from bot.models.streaming import stream_chat
 from bot.ports import BoundModel, FeedbackLog, MemoryStore, ModelProvider, PersonaRegistry
@@ -190,7 +190,7 @@ class ChatEngine:
             first_token: float | None = None
             parts: list[str] = []
             usage: dict[str, int] = {}
-            async for chunk in self._generate(bound, prompt):
+            async for chunk in self._generate(bound, prompt, failed=self._failure(persona, variant, request)):
                 if chunk.usage_metadata:
                     usage = {k: int(v) for k, v in chunk.usage_metadata.items() if isinstance(v, int)}
                 text = valid_text(chunk.content) if isinstance(chunk.content, str) else ""
@@ -326,13 +326,23 @@ class ChatEngine:
             d.ttl_seconds if p.ttl_seconds is None else p.ttl_seconds,
         )
 
-    async def _generate(self, bound: BoundModel, prompt: AssembledPrompt) -> AsyncIterator[AIMessageChunk]:
+    async def _generate(
+        self, bound: BoundModel, prompt: AssembledPrompt, *, failed: FailedReply
+    ) -> AsyncIterator[AIMessageChunk]:
         try:
             # astream's chunks, without its callback run when no callback or tracer is configured.
             async for chunk in stream_chat(bound.chat_model, to_langchain(prompt.messages)):
                 yield chunk
-        except BotError:
+        except ModelBusy:
+            raise  # load, not this persona's fault: no failure noted
+        except BotError as exc:
+            await self.stores.reply_failed(replace(failed, kind=type(exc).__name__, at=time.time()))
             raise
         except Exception as exc:
             log.exception("model %s failed", bound.model_name)
+            await self.stores.reply_failed(replace(failed, kind="ModelError", at=time.time()))
             raise ModelError(f"{bound.backend} model {bound.model_name} failed: {exc}") from exc
+
+    @staticmethod
+    def _failure(persona: Persona, variant: str, request: ChatRequest) -> FailedReply:
+        return FailedReply(persona.id, persona.version, variant, request.conversation_id, kind="")

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from langchain_core.language_models.chat_models import BaseChatModel
 
-from bot.domain.feedback import RatedReply, Rating, ReplyRecord
+from bot.domain.feedback import FailedReply, RatedReply, Rating, ReplyRecord
 from bot.domain.messages import StoredTurn
 from bot.domain.persona import Persona
 from bot.domain.ratings import MessageRating, RateOutcome
@@ -83,6 +83,14 @@ class FeedbackLog(Protocol):
 
     async def daily(self, sk: str) -> dict[str, dict[str, int]]:
         """Per-day counters of one "persona|version|variant": {day: {replies, up, down}}."""
+        ...
+
+    async def record_failure(self, failure: FailedReply) -> None:
+        """Note a reply that was never written (kept a limited time, for experiment guardrails)."""
+        ...
+
+    async def failures(self, persona_id: str, since: float) -> list[FailedReply]:
+        """The persona's failed replies since `since`, oldest first."""
         ...
 
     async def forget_user(self, user_id: str) -> int:

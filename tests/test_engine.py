@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -118,6 +119,26 @@ async def test_model_failure_is_a_model_error_and_saves_nothing(runtime: Runtime
     assert await runtime.memory.load("c1", 10) == []
     ok = await runtime.engine.reply(ask("still there?"))
     assert ok.text.endswith("still there?")
+
+
+async def test_a_failed_reply_is_noted_for_experiment_guardrails(runtime: Runtime) -> None:
+    """No ReplyRecord for a reply the model never wrote, but the feedback log notes the failure (persona,
+    version, variant, conversation), so a canary that fails more than control is rolled back."""
+    from bot.refine.experiments import CANARY, CONTROL_ARM, Experiment, collect
+
+    started = time.time() - 1
+    with pytest.raises(ModelError):
+        await runtime.engine.reply(ask("please BOOM", conversation="c9"))
+    [failure] = await runtime.feedback.failures("assistant", started)
+    assert (failure.persona_id, failure.persona_version, failure.variant) == ("assistant", "1.0", "default")
+    assert failure.conversation_id == "c9" and failure.kind == "ModelError"
+    stats = await runtime.feedback.stats()
+    assert stats["assistant|1.0|default"]["failed"] == 1
+    await runtime.engine.reply(ask("fine", conversation="c9"))
+    experiment = Experiment("assistant", {}, "canary-1", "1.0", "personas/assistant.yaml", True, 0.1, started)
+    arms = await collect(runtime.feedback, experiment)
+    assert arms[CONTROL_ARM].replies["c9"] == [2, 0, 1], "two replies asked for, none rated, one failed"
+    assert arms[CANARY].reply_count == 0
 
 
 async def test_unknown_persona(runtime: Runtime) -> None:

@@ -56,7 +56,7 @@ def test_guardrails_roll_back_long_or_failing_canaries_even_when_liked() -> None
     long = decide(arms(0.5, 0.9, 60, length_canary=400), experiment(), now=DAY)
     assert long.action == "rollback" and "as long" in long.reason
     failing = decide(arms(0.5, 0.5, 80, empty_canary=0.5), experiment(), now=DAY)
-    assert failing.action == "rollback" and "empty-reply" in failing.reason
+    assert failing.action == "rollback" and "error rate" in failing.reason
 
 
 def test_a_falling_rating_rate_is_a_guardrail() -> None:

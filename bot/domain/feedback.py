@@ -98,6 +98,27 @@ class Rating:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedReply:
+    """A reply that was never written: the model failed (or the prompt could not fit). Kept so an
+    experiment's error-rate guardrail sees failures that leave no ReplyRecord behind."""
+
+    persona_id: str
+    persona_version: str
+    variant: str
+    conversation_id: str
+    kind: str  # the error class, e.g. "ModelError"
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps({name: getattr(self, name) for name in self.__slots__}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> FailedReply:
+        data = json.loads(raw)
+        return cls(**{k: v for k, v in data.items() if k in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
 class RatedReply:
     """A reply with all its current ratings (user id -> +1/-1)."""
 

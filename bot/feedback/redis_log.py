@@ -17,6 +17,7 @@ Keys (prefix `bot`; <sk> is the stats key "persona|version|variant"):
     bot:user:<uid>:replies      SET     replies whose prompt holds this user's words (for /forget-me)
     bot:user:<uid>:rated        SET     replies this user rated   (for /forget-me)
     bot:ext:<external id>       STRING  transport message id -> reply id (expires with the record)
+    bot:failures:<pid>          ZSET    replies never written (model failures), by time (30 days, 10,000)
 
 Every write is one atomic Lua script, and every one is safe to apply twice, because a write that
 timed out may have been applied and is then replayed from the journal (bot.journal):
@@ -38,12 +39,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import cast
 
-from bot.domain.feedback import RatedReply, Rating, ReplyRecord
+from bot.domain.feedback import FailedReply, RatedReply, Rating, ReplyRecord, new_reply_id
 from bot.domain.ratings import MessageRating, RateOutcome
 from bot.errors import ReplyNotFound
 from bot.redis_conn import RedisHandle, store_errors
 
 PAGE = 200
+#: Failed replies kept per persona (for experiment guardrails), and for how long.
+FAILURES_KEPT = 10_000
+FAILURES_DAYS = 30
 
 # ARGV: 1 prefix, 2 reply id ('': resolve the external id), 3 external id, 4 user, 5 value (-1, 0, 1),
 #       6 removed (1: withdraw only if the stored value is ARGV[5]), 7 event time, 8 context JSON.
@@ -255,6 +259,28 @@ class RedisFeedbackLog:
             day, _, kind = _text(field).partition(":")
             out.setdefault(day, {})[kind] = int(value)
         return dict(sorted(out.items()))
+
+    async def record_failure(self, failure: FailedReply) -> None:
+        """One ZSET per persona scored by time, trimmed to the last FAILURES_KEPT and FAILURES_DAYS;
+        the "failed" counter of its persona|version|variant goes up too."""
+        key = self.k("failures", failure.persona_id)
+        sk = stats_key(failure.persona_id, failure.persona_version, failure.variant)
+        member = f"{new_reply_id()} {failure.to_json()}"  # unique, so equal failures all count
+        with store_errors("note a failed reply"):
+            async with self.redis.client.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {member: failure.at})
+                pipe.zremrangebyrank(key, 0, -FAILURES_KEPT - 1)
+                pipe.zremrangebyscore(key, "-inf", failure.at - FAILURES_DAYS * 86400)
+                pipe.expire(key, FAILURES_DAYS * 86400)
+                pipe.hincrby(self.k("stats", sk), "failed", 1)
+                pipe.sadd(self.k("stats", "index"), sk)
+                await pipe.execute()
+
+    async def failures(self, persona_id: str, since: float) -> list[FailedReply]:
+        with store_errors("read failed replies"):
+            key = self.k("failures", persona_id)
+            raw = cast(list[bytes], await self.redis.client.zrangebyscore(key, since, "+inf"))
+        return [FailedReply.from_json(_text(item).split(" ", 1)[1]) for item in raw]
 
     async def recent(self, since: float | str, limit: int) -> AsyncIterator[ReplyRecord]:
         """The newest `limit` reply records created at or after `since` (a timestamp or "-inf"),

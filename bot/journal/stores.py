@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bot.domain.feedback import Rating, ReplyRecord
+from bot.domain.feedback import FailedReply, Rating, ReplyRecord
 from bot.domain.messages import StoredTurn
 from bot.domain.ratings import MessageRating, RateOutcome
 from bot.domain.writes import (
@@ -128,6 +128,16 @@ class JournaledStores:
             return []
 
     # -- writes ------------------------------------------------------------------------------------
+
+    async def reply_failed(self, failure: FailedReply) -> None:
+        """Note a reply the model never wrote. Telemetry for experiment guardrails, not a user's
+        write: best effort, never journaled, never raises (the user is already being told)."""
+        if not self.redis_up:
+            return
+        try:
+            await self.feedback.record_failure(failure)
+        except StoreError as exc:
+            log.warning("cannot note a failed reply of %s: %s", failure.persona_id, exc)
 
     async def reply_shown(self, record: ReplyRecord, turns: AppendTurns | None) -> None:
         """Keep a finished reply: its record and, when the persona remembers, its turns."""

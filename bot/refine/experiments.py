@@ -15,9 +15,9 @@ may be checked after every rating without inflating false promotions beyond alph
     continue        otherwise, or before `min_units` rated conversations per arm (burn-in)
 
 Guardrails (canary vs control, same sequence, only in the harmful direction): the rating rate
-(ratings per reply: users stop rating what they dislike), the error rate (empty replies: a model
-failure recorded as nothing) and the median reply length (more than `max_length_ratio` times
-control's). Generation failures that never produce a reply record are not visible here.
+(ratings per reply: users stop rating what they dislike), the error rate (empty replies, and
+replies the model failed to write: the engine notes those in the feedback log) and the median
+reply length (more than `max_length_ratio` times control's).
 """
 
 from __future__ import annotations
@@ -114,6 +114,11 @@ async def collect(log: FeedbackLog, experiment: Experiment, *, scan_limit: int =
         counts[1] += ratings_of.get(record.reply_id, 0)
         counts[2] += 0 if record.reply.strip() else 1
         arm.lengths.append(len(record.reply))
+    for failure in await log.failures(pid, start):  # replies the model never wrote: errors too
+        if failure.persona_version == version:
+            counts = arms[arm_of(failure.variant, experiment)].replies[failure.conversation_id]
+            counts[0] += 1
+            counts[2] += 1
     return arms
 
 
@@ -147,8 +152,8 @@ def _guardrails(arms: dict[str, Arm], e: Experiment) -> tuple[str | None, dict[s
         return (f"guardrail: the canary's rating rate {_pct(rate.rate_b)} is below control's "
                 f"{_pct(rate.rate_a)} (sequence {rate.lower:+.3f}..{rate.upper:+.3f})"), numbers
     if enough and errors.lower > 0:
-        return (f"guardrail: the canary's empty-reply rate {_pct(errors.rate_b)} is above control's "
-                f"{_pct(errors.rate_a)}"), numbers
+        return (f"guardrail: the canary's error rate (failed or empty replies) {_pct(errors.rate_b)} is above "
+                f"control's {_pct(errors.rate_a)}"), numbers
     if len(canary.lengths) >= e.min_units and len(control.lengths) >= e.min_units:
         ratio = statistics.median(canary.lengths) / max(1.0, statistics.median(control.lengths))
         numbers["length_ratio"] = round(ratio, 3)

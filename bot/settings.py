@@ -8,6 +8,7 @@ configuration: embedded Redis under `data/`, the bundled SmolLM2 model on the CP
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,18 +26,19 @@ class RedisSettings(BaseModel):
     )
     key_prefix: str = Field(default="bot", description="Prefix of every key this bot writes.")
 
-    @field_validator("url")
-    @classmethod
-    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return url
     max_connections: int = Field(default=32, ge=1, description="Size of the one connection pool.")
     socket_timeout: float = Field(default=5.0, gt=0, description="Seconds before a Redis call fails.")
     forget_rewrite_timeout_s: float = Field(
         default=60.0, ge=0, description="After /forget-me: seconds to wait for Redis to rewrite its AOF and RDB "
         "files without the user's data (0: do not rewrite)."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
 
 class JournalSettings(BaseModel):
@@ -147,10 +149,12 @@ class DiscordSettings(BaseModel):
         if self.shard_ids is None:
             return self
         if self.shard_count is None:
-            raise ValueError("shard_ids needs shard_count (the total number of shards across processes)")
+            raise ValueError("shard_ids: needs BOT_DISCORD__SHARD_COUNT too (the total number of shards across "
+                             "processes)")
         wrong = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
         if wrong or not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids):
-            raise ValueError(f"shard_ids must be distinct ids from 0 to {self.shard_count - 1}, got {self.shard_ids}")
+            raise ValueError(f"shard_ids: must be distinct ids from 0 to {self.shard_count - 1} (SHARD_COUNT is "
+                             f"{self.shard_count}), got {self.shard_ids}")
         return self
 
 
@@ -206,7 +210,9 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Seconds between checks for changed persona files (0: no hot reload)."
     )
     default_persona: str = Field(default="assistant", description="Persona used when none is chosen.")
-    log_level: str = Field(default="WARNING", description="Python logging level.")
+    log_level: str = Field(
+        default="WARNING", description="Python logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
     redis: RedisSettings = Field(default_factory=RedisSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -215,6 +221,18 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     refine: RefineSettings = Field(default_factory=RefineSettings)
+
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        name = level.strip().upper()
+        if name not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return name
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def setting_rows(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> list[tuple[str, str, str]]:
@@ -247,8 +265,13 @@ def describe_settings_error(exc: Exception) -> list[str]:
 
 def _describe_validation(err: Any) -> str:
     loc = [str(p) for p in err["loc"] if isinstance(p, str | int)]
-    env = "BOT_" + "__".join(p.upper() for p in loc if not p.isdigit())
     message = str(err["msg"]).removeprefix("Value error, ")
+    named = re.match(r"(\w+): ", message)  # a check across fields names the field it is about
+    if named and isinstance(err.get("input"), dict) and named.group(1) in err["input"]:
+        loc, message = [*loc, named.group(1)], message[named.end():]
+    env = "BOT_" + "__".join(p.upper() for p in loc if not p.isdigit())
+    if err["type"] == "list_type" and isinstance(err.get("input"), str):
+        message = "not a JSON list; lists are written like [1, 2]"
     if err["type"] != "missing" and not _is_secret(loc) and isinstance(err.get("input"), str | int | float):
         shown = repr(err["input"])
         message += f" (got {shown[:80] + '…' if len(shown) > 80 else shown})"
@@ -269,7 +292,6 @@ def _describe_unparsable(exc: Exception) -> list[str]:
     """pydantic-settings names only the top-level field; find the variable whose JSON is broken."""
     import json
     import os
-    import re
 
     match = re.search(r'field "([^"]+)"', str(exc))
     field = match.group(1) if match else ""

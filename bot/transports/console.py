@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -180,11 +182,41 @@ async def run_console(
     interactive = stdin.isatty()
     session = ConsoleSession(engine, persona_id, user_name, conversation, out, interactive)
     await session.start()
+    lines = _lines(stdin)
     while session.running:
         if interactive:
-            out.write(f"{user_name}> ")
+            out.write(terminal_safe(f"{user_name}> "))
             out.flush()
-        line = await asyncio.to_thread(stdin.readline)
+        line = await anext(lines, "")
         if not line:  # EOF: piped input is done, or Ctrl-D
+            if interactive:
+                out.write("\n")
             break
         await session.handle(line)
+
+
+def _lines(stdin: TextIO) -> AsyncIterator[str]:
+    """stdin's lines, read by a daemon thread: a readline blocked on a terminal must not hold up
+    Ctrl-C (asyncio.to_thread's executor would be joined at exit, waiting for Enter)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        line = "x"
+        while line:
+            try:
+                line = stdin.readline()
+            except Exception as exc:  # a closed or broken stdin ends the chat like EOF
+                log.warning("console: cannot read input: %s", exc)
+                line = ""
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            except RuntimeError:  # the loop is gone: the chat has ended
+                return
+
+    async def read() -> AsyncIterator[str]:
+        while line := await queue.get():
+            yield line
+
+    threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+    return read()

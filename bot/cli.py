@@ -50,6 +50,8 @@ def chat(
 ) -> None:
     """Chat in the terminal (stdin may be a pipe: one message a line). /help lists the chat commands."""
     cfg = settings()
+    if sys.stdin is None:
+        fail("no input to chat from: stdin is closed", EXIT_USAGE)
     persona_id = persona or cfg.default_persona
     require_persona(cfg, persona_id)  # before the model loads: a typo fails in a second, not ten
 

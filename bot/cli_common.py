@@ -101,13 +101,20 @@ def check_output(path: Path | None, option: str) -> None:
 @contextmanager
 def output_file(path: Path) -> Iterator[TextIO]:
     """A text file written whole or not at all: a temp file beside `path`, renamed over it when the
-    block ends without an error (and removed when it fails or is interrupted)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
+    block ends without an error (and removed when it fails or is interrupted). A symlink's target is
+    replaced, not the link; a device or pipe (/dev/stdout, a FIFO) is written straight into."""
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        with target.open("w", encoding="utf-8") as stream:
+            yield stream
+        return
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             yield file
         os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -35,6 +35,9 @@ HELP = """commands:
   /help           this text
   /quit           leave (Ctrl-D works too)"""
 
+#: Remembered turns looked at on start to tell whether this persona has talked here before.
+HISTORY_WINDOW = 50
+
 RATINGS = {"up": 1, "good": 1, "+1": 1, "+": 1, "down": -1, "bad": -1, "-1": -1, "-": -1}
 
 
@@ -77,8 +80,9 @@ class ConsoleSession:
     async def start(self) -> None:
         persona = self.persona()
         self.say(f"Chatting with {persona.name} [{persona.id} v{persona.version}]. /help for commands.")
-        history = await self.engine.memory.load(self.conversation_id, 1)
-        if history:
+        # Personas keep their own part of a conversation: only this persona's turns make it "earlier".
+        history = await self.engine.memory.load(self.conversation_id, HISTORY_WINDOW)
+        if any(turn.persona_id == persona.id for turn in history):
             self.say("(continuing the earlier conversation; /reset to start over)")
         else:
             greeting = await self.engine.greeting(persona, self.user_name, "console",

@@ -46,7 +46,9 @@ personas_app = typer.Typer(no_args_is_help=True, help="Check, import and export 
 
 @app.command()
 def chat(
-    persona: Annotated[str | None, typer.Option("--persona", "-p", help="Persona id (default: settings).")] = None,
+    persona: Annotated[
+        str | None, typer.Option("--persona", "-p", help="Persona id (default: BOT_DEFAULT_PERSONA).")
+    ] = None,
 ) -> None:
     """Chat in the terminal (stdin may be a pipe: one message a line). /help lists the chat commands."""
     cfg = settings()
@@ -115,7 +117,9 @@ app.add_typer(redis_app, name="redis")
 
 @personas_app.command("check")
 def personas_check(
-    directory: Annotated[Path | None, typer.Argument(help="Default: settings.personas_dir")] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(help="A directory of persona files (default: BOT_PERSONAS_DIR).")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table (default) or json (for tools).")] = "table",
 ) -> None:
     """Validate persona files and their adapters as start-up would; exit 1 on any problem."""

@@ -169,7 +169,7 @@ def eval_command(
     repeat: Annotated[int, typer.Option("--repeat", "-n", help="Runs per test case.", min=1)] = 1,
     threshold: Annotated[float, typer.Option(help="Minimum pass rate per persona/variant.", min=0.0, max=1.0)] = 0.8,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="JSON results file (default: under data_dir/evals).")
+        Path | None, typer.Option("--out", "-o", help="JSON results file (default: BOT_DATA_DIR/evals/eval-TIME.json).")
     ] = None,
     cases: Annotated[Path | None, typer.Option("--cases", help="Read the test cases from this file instead.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Persona whose model answers judge questions.")] = None,
@@ -178,7 +178,8 @@ def eval_command(
         int, typer.Option("--concurrency", "-j", help="Replies generated at once (batched locally).", min=1)
     ] = 8,
 ) -> None:
-    """Run persona test suites against the real backend; exit 1 when a pass rate is below the threshold."""
+    """Run persona test suites against the real backend: exit 1 when a pass rate is below the threshold,
+    2 when the setup is broken (no cases, unknown persona or variant, a broken test file)."""
     from bot.errors import BotError
     from bot.evals import ModelResponder, bound_judge, run_evals
     from bot.models.provider import DefaultModelProvider

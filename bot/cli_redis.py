@@ -17,7 +17,7 @@ from bot.cli_common import EXIT_USAGE, fail, run_async, settings
 if TYPE_CHECKING:
     from bot.redis_server import EmbeddedRedis
 
-redis_app = typer.Typer(no_args_is_help=True, help="The embedded Redis server under data_dir/redis.")
+redis_app = typer.Typer(no_args_is_help=True, help="The embedded Redis server under BOT_DATA_DIR/redis: status, stop.")
 
 EXIT_HUNG = 1
 EXIT_STOPPED = 3

@@ -354,7 +354,7 @@ def promote_command(
     persona: PersonaArg,
     force: Annotated[bool, typer.Option("--force", help="Promote even before the canary has won.")] = False,
 ) -> None:
-    """Make the canary the persona's next version (the old version is kept under data_dir/refine)."""
+    """Make the canary the persona's next version (the old version is kept under BOT_DATA_DIR/refine)."""
 
     async def main(cfg: Settings) -> Any:
         async with _env(cfg, models=False) as env:

@@ -107,15 +107,25 @@ class ConsoleSettings(BaseModel):
 
 
 class DiscordSettings(BaseModel):
-    token: SecretStr | None = Field(default=None, description="Bot token from the Developer Portal.")
-    api_base: str = Field(default="https://discord.com/api/v10", description="REST API base URL.")
+    token: SecretStr | None = Field(
+        default=None, description="Bot token from the Developer Portal (required by `python -m bot discord`)."
+    )
+    api_base: str = Field(
+        default="https://discord.com/api/v10", description="REST API base URL (the tests point it at a fake Discord)."
+    )
     gateway_url: str | None = Field(default=None, description="Gateway URL (unset: ask the API).")
     answer_in_dms: bool = Field(default=True, description="Answer direct messages.")
-    always_answer_channels: list[int] = Field(default_factory=list, description="Answer here without a mention.")
+    always_answer_channels: list[int] = Field(
+        default_factory=list, description="Channel ids where every message is answered, no mention needed (JSON list)."
+    )
     auto_thread: bool = Field(default=False, description="Open a thread for a mention in a channel.")
-    admin_role_ids: list[int] = Field(default_factory=list, description="Roles allowed to run admin commands.")
+    admin_role_ids: list[int] = Field(
+        default_factory=list, description="Role ids allowed to run admin commands (JSON list)."
+    )
     rating_reactions: bool = Field(default=True, description="Add 👍/👎 to finished replies as a hint.")
-    edit_interval_s: float = Field(default=1.0, ge=0.2, description="Minimum seconds between streaming edits.")
+    edit_interval_s: float = Field(
+        default=1.0, ge=0.2, description="Minimum seconds between streaming edits (at least 0.2)."
+    )
     user_cooldown_s: float = Field(
         default=2.0, ge=0, description="Seconds between the answers to one user's messages, by when they were "
         "sent; sooner ones wait their turn (0: off).",
@@ -137,7 +147,9 @@ class DiscordSettings(BaseModel):
         default=2.0, gt=0, description="Seconds to wait for Redis on claims, cooldowns, limits and placements "
         "before this process uses its own.",
     )
-    max_input_chars: int = Field(default=4000, ge=100, description="Longer messages are truncated with a note.")
+    max_input_chars: int = Field(
+        default=4000, ge=100, description="Longer messages are truncated with a note (at least 100)."
+    )
     shard_count: int | None = Field(default=None, ge=1, description="Shards (unset: Discord's recommendation).")
     shard_ids: list[int] | None = Field(
         default=None, description="Shards this process runs, e.g. [0, 1] (needs shard_count; unset: all)."

@@ -303,13 +303,12 @@ def _is_secret(loc: list[str]) -> bool:
 def _describe_unparsable(exc: Exception) -> list[str]:
     """pydantic-settings names only the top-level field; find the variable whose JSON is broken."""
     import json
-    import os
 
     match = re.search(r'field "([^"]+)"', str(exc))
     field = match.group(1) if match else ""
     prefix = f"BOT_{field.upper()}"
     found = []
-    for name, value in sorted(os.environ.items()):
+    for name, value in sorted(_raw_variables().items()):
         if name.upper() == prefix or name.upper().startswith(prefix + "__"):
             try:
                 json.loads(value)
@@ -317,6 +316,17 @@ def _describe_unparsable(exc: Exception) -> list[str]:
                 if value.lstrip().startswith(("[", "{")) or _wants_json(name):
                     found.append(f"{name.upper()}: not valid JSON ({cause}); lists are written like [1, 2]")
     return found or [f"{prefix}…: cannot be read: {exc.__cause__ or exc}"]
+
+
+def _raw_variables() -> dict[str, str]:
+    """The variables Settings() read, as text: the .env file's, overridden by the environment's."""
+    import os
+
+    from dotenv import dotenv_values
+
+    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
+    found = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+    return found | dict(os.environ)
 
 
 def _wants_json(env: str) -> bool:

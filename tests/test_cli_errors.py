@@ -163,3 +163,9 @@ def test_console_input_never_holds_up_the_exit() -> None:
     worker = threading.Thread(target=lambda: (asyncio.run(read_then_give_up()), finished.set()), daemon=True)
     worker.start()
     assert finished.wait(10), "asyncio.run waited for the blocked readline"
+
+
+def test_a_broken_list_in_dotenv_names_its_variable(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (cli_env / ".env").write_text("BOT_DISCORD__ADMIN_ROLE_IDS=abc\n")
+    assert run_main(["config"]) == 2
+    assert one_error_line(capsys).startswith("error: invalid setting BOT_DISCORD__ADMIN_ROLE_IDS: not valid JSON")

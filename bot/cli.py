@@ -56,6 +56,8 @@ def chat(
         fail("no input to chat from: stdin is closed", EXIT_USAGE)
     persona_id = persona or cfg.default_persona
     require_persona(cfg, persona_id)  # before the model loads: a typo fails in a second, not ten
+    if sys.stdin.isatty():
+        err.print("[dim]starting Redis and loading the model…[/dim]", highlight=False)
 
     async def main() -> None:
         from bot.app import build_runtime

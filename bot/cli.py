@@ -78,7 +78,8 @@ def discord() -> None:
     if cfg.discord.token is None or not cfg.discord.token.get_secret_value().strip():
         fail("no Discord bot token: set BOT_DISCORD__TOKEN (Developer Portal → your app → Bot → Reset Token)",
              EXIT_USAGE)
-    require_persona(cfg, cfg.default_persona)
+    if not cfg.personas_dir.is_dir():  # a broken default persona does not stop it: the others keep working
+        fail(f"persona directory {cfg.personas_dir} does not exist (BOT_PERSONAS_DIR)", EXIT_USAGE)
     if "log_level" not in cfg.model_fields_set:  # say what start-up is doing, not every message after
         for name in ("bot.transports.discord.runner", "bot.transports.discord.client"):
             logging.getLogger(name).setLevel(logging.INFO)

@@ -59,3 +59,6 @@ async def test_a_persona_new_to_the_conversation_greets_instead_of_continuing(se
     text = await chat(settings, [], persona="captain")
     assert "continuing the earlier conversation" not in text and "Captain Redbeard> Arr, ahoy Sam!" in text
     assert "continuing the earlier conversation" in await chat(settings, [])
+    switched = await chat(settings, ["/persona captain", "/persona assistant"])
+    assert "(now chatting with Captain Redbeard)\nCaptain Redbeard> Arr, ahoy Sam!" in switched, switched
+    assert switched.rstrip().endswith("(now chatting with Ada)")  # Ada has: no second greeting

@@ -80,15 +80,20 @@ class ConsoleSession:
     async def start(self) -> None:
         persona = self.persona()
         self.say(f"Chatting with {persona.name} [{persona.id} v{persona.version}]. /help for commands.")
-        # Personas keep their own part of a conversation: only this persona's turns make it "earlier".
-        history = await self.engine.memory.load(self.conversation_id, HISTORY_WINDOW)
-        if any(turn.persona_id == persona.id for turn in history):
+        if await self.spoke_here(persona):
             self.say("(continuing the earlier conversation; /reset to start over)")
         else:
-            greeting = await self.engine.greeting(persona, self.user_name, "console",
-                                                  conversation_id=self.conversation_id)
-            if greeting:
-                self.say(f"{persona.name}> {greeting}")
+            await self.greet(persona)
+
+    async def spoke_here(self, persona: Persona) -> bool:
+        """Personas keep their own part of a conversation: only this persona's turns make it "earlier"."""
+        history = await self.engine.memory.load(self.conversation_id, HISTORY_WINDOW)
+        return any(turn.persona_id == persona.id for turn in history)
+
+    async def greet(self, persona: Persona) -> None:
+        greeting = await self.engine.greeting(persona, self.user_name, "console", conversation_id=self.conversation_id)
+        if greeting:
+            self.say(f"{persona.name}> {greeting}")
 
     async def handle(self, line: str) -> None:
         text = valid_text(line).strip()
@@ -174,6 +179,8 @@ class ConsoleSession:
         self.persona_id = persona.id
         self.last_reply_id = None
         self.say(f"(now chatting with {persona.name})")
+        if not await self.spoke_here(persona):
+            await self.greet(persona)
 
 
 async def run_console(

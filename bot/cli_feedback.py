@@ -1,62 +1,31 @@
 """CLI of the refinement loop: `feedback report`, `feedback export --format`, and `eval`.
 
 Mounted by bot.cli:  app.add_typer(feedback_app, name="feedback");  app.command("eval")(eval_command)
-Helpers of bot.cli (settings(), run_async()) are imported inside the commands: bot.cli imports
-this module at load time, so a top-level import back would be circular.
+Heavy modules (pydantic, redis, the models) are imported inside the commands: `--help` stays quick.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from bot.cli_common import EXIT_USAGE, check_output, output_file, run_async, settings, write_text
 from bot.domain.variants import DEFAULT_VARIANT
 from bot.errors import ConfigError
 from bot.feedback.export import FORMATS, ExportFormat, ExportOptions
-from bot.settings import Settings
 
 if TYPE_CHECKING:
     from bot.domain.persona import Persona
+    from bot.settings import Settings
 
 feedback_app = typer.Typer(no_args_is_help=True, help="Ratings: reports and training exports.")
 
-#: Exit code for a broken eval setup (no cases, unknown variant): distinct from 1 = "tests failed".
-EXIT_USAGE = 2
-
-
 def _echo_err(text: str) -> None:
     typer.echo(text, err=True)
-
-
-def _check_output(path: Path | None, option: str) -> None:
-    """Exit with one line (code 2) before any work when `path` cannot be written."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    why = None
-    if path.is_dir():
-        why = "it is a directory"
-    elif not parent.is_dir():
-        why = f"directory {parent} does not exist"
-    elif not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        why = "permission denied"
-    if why is not None:
-        _echo_err(f"error: cannot write {option} {path}: {why}")
-        raise typer.Exit(EXIT_USAGE)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a result file, or exit with one line (code 1) saying why it cannot be written."""
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        _echo_err(f"error: cannot write {path}: {exc.strerror or exc}")
-        raise typer.Exit(1) from None
 
 
 def _since(text: str | None) -> date | None:
@@ -80,12 +49,11 @@ def feedback_report(
 ) -> None:
     """👍 rate with 95% intervals, latency and length per persona/version/variant; variant comparisons."""
     from bot.app import connect_redis
-    from bot.cli import run_async, settings
     from bot.feedback.redis_log import RedisFeedbackLog
     from bot.feedback.report import build_report, render_html
 
     cfg, start = settings(), _since(since)
-    _check_output(html, "--html")
+    check_output(html, "--html")
 
     async def main() -> Any:
         async with connect_redis(cfg) as redis:
@@ -101,7 +69,7 @@ def feedback_report(
         from bot.refine.pipeline import latest_gate_html
 
         gates = latest_gate_html(cfg.data_dir, [r.persona for r in report.refine])
-        _write_text(html, render_html(report, gate_html=gates))
+        write_text(html, render_html(report, gate_html=gates))
         _echo_err(f"wrote {html}")
 
 
@@ -115,37 +83,30 @@ def feedback_export(
     max_pairs: Annotated[int, typer.Option("--max-pairs", help="dpo: pairs per prompt at most.", min=1)] = 4,
 ) -> None:
     """Rated replies as JSONL, or as SFT / KTO / DPO training rows (TRL's conversational format)."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     from bot.app import connect_redis
-    from bot.cli import run_async, settings
     from bot.feedback.export import export
     from bot.feedback.redis_log import RedisFeedbackLog
 
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     cfg = settings()
-    _check_output(out, "--out")
+    check_output(out, "--out")
     options = ExportOptions(persona, min_ratings, system_prompt, max_pairs)
 
     async def main() -> Any:
         async with connect_redis(cfg) as redis:
             log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            stream: TextIO = _open_output(out) if out else sys.stdout
+            if out is None:
+                return await export(log, _as_format(fmt), sys.stdout, options)
             try:
-                return await export(log, _as_format(fmt), stream, options)
-            finally:
-                if out:
-                    stream.close()
+                with output_file(out) as stream:  # written whole: a failed export leaves no partial file
+                    return await export(log, _as_format(fmt), stream, options)
+            except OSError as exc:
+                raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
 
     stats = run_async(main())
     where = f" to {out}" if out else ""
     _echo_err(f"exported {stats.written} {fmt} rows from {stats.rated} rated replies{where} ({stats.skipped} skipped)")
-
-
-def _open_output(path: Path) -> TextIO:
-    try:
-        return path.open("w", encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _as_format(fmt: str) -> ExportFormat:
@@ -208,7 +169,7 @@ def eval_command(
     repeat: Annotated[int, typer.Option("--repeat", "-n", help="Runs per test case.", min=1)] = 1,
     threshold: Annotated[float, typer.Option(help="Minimum pass rate per persona/variant.", min=0.0, max=1.0)] = 0.8,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="JSON results file (default: under data_dir/evals).")
+        Path | None, typer.Option("--out", "-o", help="JSON results file (default: BOT_DATA_DIR/evals/eval-TIME.json).")
     ] = None,
     cases: Annotated[Path | None, typer.Option("--cases", help="Read the test cases from this file instead.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="Persona whose model answers judge questions.")] = None,
@@ -217,15 +178,15 @@ def eval_command(
         int, typer.Option("--concurrency", "-j", help="Replies generated at once (batched locally).", min=1)
     ] = 8,
 ) -> None:
-    """Run persona test suites against the real backend; exit 1 when a pass rate is below the threshold."""
-    from bot.cli import run_async, settings
+    """Run persona test suites against the real backend: exit 1 when a pass rate is below the threshold,
+    2 when the setup is broken (no cases, unknown persona or variant, a broken test file)."""
     from bot.errors import BotError
     from bot.evals import ModelResponder, bound_judge, run_evals
     from bot.models.provider import DefaultModelProvider
     from bot.personas.registry import FilePersonaRegistry
 
     cfg = settings()
-    _check_output(out, "--out")
+    check_output(out, "--out")
     registry = FilePersonaRegistry(cfg.personas_dir, adapters_root=cfg.adapters_dir)
     registry.reload()
     try:
@@ -254,7 +215,7 @@ def eval_command(
     except OSError as exc:
         _echo_err(f"error: cannot create {path.parent}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
-    _write_text(path, results.to_json(threshold))
+    write_text(path, results.to_json(threshold))
     typer.echo(results.to_json(threshold) if as_json else results.render(threshold))
     _echo_err(f"results: {path}")
     if results.below(threshold):

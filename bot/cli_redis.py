@@ -1,8 +1,6 @@
 """`python -m bot redis status|stop`: the embedded redis-server under data_dir/redis, run as a service.
 
-Mounted by bot.cli:  app.add_typer(redis_app, name="redis")
-Helpers of bot.cli (settings(), run_async()) are imported inside the commands: bot.cli imports this
-module at load time, so a top-level import back would be circular.
+Mounted by bot.cli:  app.add_typer(redis_app, name="redis"). redis-py is imported when a command runs.
 
 Exit codes of `status`: 0 running, 1 hung (alive, not answering), 3 not running (as `systemctl status`).
 """
@@ -10,28 +8,34 @@ Exit codes of `status`: 0 running, 1 hung (alive, not answering), 3 not running 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.redis_server import EmbeddedRedis, ServerState
+from bot.cli_common import EXIT_USAGE, fail, run_async, settings
 
-redis_app = typer.Typer(no_args_is_help=True, help="The embedded Redis server under data_dir/redis.")
+if TYPE_CHECKING:
+    from bot.redis_server import EmbeddedRedis
+
+redis_app = typer.Typer(no_args_is_help=True, help="The embedded Redis server under BOT_DATA_DIR/redis: status, stop.")
 
 EXIT_HUNG = 1
 EXIT_STOPPED = 3
 
 
-def _embedded() -> tuple[EmbeddedRedis | None, str]:
+def _embedded(*, show_external: bool) -> tuple[EmbeddedRedis | None, str]:
     from bot.app import embedded_redis, journal_path
-    from bot.cli import settings
     from bot.redis_conn import mask_url
 
     cfg = settings()
     embedded = embedded_redis(cfg)
     if embedded is None:
         assert cfg.redis.url is not None
-        typer.echo(f"Redis is not embedded: BOT_REDIS__URL is {mask_url(cfg.redis.url.get_secret_value())}")
+        url = mask_url(cfg.redis.url.get_secret_value())
+        if not show_external:
+            fail(f"nothing to stop: Redis is not embedded (BOT_REDIS__URL is {url}); stop it where it runs",
+                 EXIT_USAGE)
+        typer.echo(f"Redis is not embedded: BOT_REDIS__URL is {url}")
     return embedded, str(journal_path(cfg))
 
 
@@ -45,7 +49,6 @@ def _size(path: Path) -> str:
 
 
 def _journal_line(path: Path) -> str:
-    from bot.cli import run_async
     from bot.journal import SqliteJournal
 
     if not path.exists():
@@ -65,8 +68,12 @@ def _journal_line(path: Path) -> str:
 
 @redis_app.command("status")
 def status() -> None:
-    """Is the embedded server running, who uses it, how big is its data, what waits in the journal."""
-    embedded, journal = _embedded()
+    """Is the embedded server running, who uses it, how big is its data, what waits in the journal.
+
+    Exit code 0 running, 1 hung (alive, not answering), 3 not running (as `systemctl status`)."""
+    from bot.redis_server import ServerState
+
+    embedded, journal = _embedded(show_external=True)
     typer.echo(_journal_line(Path(journal)))
     if embedded is None:
         return
@@ -93,20 +100,18 @@ def stop(
     ] = False,
 ) -> None:
     """Stop the embedded server (bots stop it themselves when the last one exits)."""
-    embedded, _ = _embedded()
-    if embedded is None:
-        raise typer.Exit(1)
+    from bot.redis_server import ServerState
+
+    embedded, _ = _embedded(show_external=False)
+    assert embedded is not None
     now = embedded.status()
     if now.state is ServerState.STOPPED:
         typer.echo("the embedded Redis is not running")
         return
     if not force and now.in_use:
-        typer.echo("the embedded Redis is in use by running bot processes (the last one to exit stops it); "
-                   "stop them first, or use --force", err=True)  # fmt: skip
-        raise typer.Exit(1)
+        fail("the embedded Redis is in use by running bot processes (the last one to exit stops it); "
+             "stop them first, or use --force")
     if not force and now.state is ServerState.HUNG:
-        typer.echo(f"the embedded Redis (pid {now.pid}) does not answer; --force stops it (SIGCONT, SIGTERM, then "
-                   "SIGKILL)", err=True)  # fmt: skip
-        raise typer.Exit(1)
+        fail(f"the embedded Redis (pid {now.pid}) does not answer; --force stops it (SIGCONT, SIGTERM, then SIGKILL)")
     embedded.stop(force=force)
     typer.echo(f"stopped the embedded Redis (pid {now.pid}); its data stays in {embedded.directory}")

@@ -19,11 +19,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bot.settings import Settings
+from bot.cli_common import check_output, run_async, settings, write_text
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 refine_app = typer.Typer(no_args_is_help=True, help="Refine a persona from its ratings: propose, gate, canary, decide.")
 
@@ -59,7 +62,7 @@ async def _env(cfg: Settings, *, models: bool) -> AsyncIterator[Env]:
     from bot.refine.redis_store import RedisRefineStore
     from bot.refine.watcher import policy_of
 
-    registry = FilePersonaRegistry(cfg.personas_dir)
+    registry = FilePersonaRegistry(cfg.personas_dir, adapters_root=cfg.adapters_dir)
     registry.reload()
     async with connect_redis(cfg) as redis:
         log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
@@ -109,7 +112,7 @@ def make_proposers(names: list[str], env: Env, persona_id: str) -> list[Any]:
             from bot.models.local_loader import load_local_model
             from bot.refine.proposers.adapter import AdapterProposer
 
-            out.append(AdapterProposer(lambda: load_local_model(env.cfg.model, env.cfg.data_dir), Path("adapters"),
+            out.append(AdapterProposer(lambda: load_local_model(env.cfg.model, env.cfg.data_dir), env.cfg.adapters_dir,
                                        kind="lora" if name == "lora" else "soft-prompt"))
         else:
             raise typer.BadParameter(f"choose from {', '.join(PROPOSERS)}", param_hint="--proposer")
@@ -133,10 +136,13 @@ def _suite_failures(env: Env, persona_id: str) -> Callable[[], Any]:
     return failures
 
 
-def _run(make: Callable[[Settings], Any]) -> Any:
-    from bot.cli import run_async, settings
-
+def _run(make: Callable[[Settings], Any], persona: str | None = None) -> Any:
+    """Run a step; an unknown persona fails in one line before Redis or a model is touched."""
     cfg = settings()
+    if persona is not None:
+        from bot.cli import require_persona
+
+        require_persona(cfg, persona)
     return run_async(make(cfg))
 
 
@@ -155,7 +161,7 @@ def dataset_command(persona: PersonaArg, as_json: JsonOpt = False) -> None:
         async with _env(cfg, models=True) as env:
             return await env.refiner.dataset(persona)
 
-    data = _run(main)
+    data = _run(main, persona)
     _echo(json.dumps(data.summary(), indent=1) if as_json else _dataset_text(data))
 
 
@@ -181,7 +187,7 @@ def propose_command(persona: PersonaArg, proposer: ProposerOpt = None, as_json: 
             candidates = await env.refiner.propose(persona, data, make_proposers(proposer or [], env, persona))
             return candidates, env.registry.get(persona)
 
-    candidates, current = _run(main)
+    candidates, current = _run(main, persona)
     if as_json:
         _echo(json.dumps([c.to_dict() for c in candidates], ensure_ascii=False, indent=1))
         return
@@ -205,12 +211,13 @@ def evaluate_command(
             await env.provider.warm_up([env.registry.get(persona)])
             return await env.refiner.evaluate(persona, ws.dataset(), ws.candidates())
 
-    report = _run(main)
+    check_output(html, "--html")
+    report = _run(main, persona)
     _echo(report.to_json() if as_json else report.render_text())
     if html is not None:
         from bot.refine.pipeline import gate_page
 
-        html.write_text(gate_page(report), encoding="utf-8")
+        write_text(html, gate_page(report))
         typer.echo(f"wrote {html}", err=True)
 
 
@@ -240,7 +247,7 @@ def canary_command(
         async with _env(cfg, models=False) as env:
             return await env.manager.start(persona, report, found, fraction=fraction, approve=approve)
 
-    experiment = _run(main)
+    experiment = _run(main, persona)
     _echo(f"canary {experiment.canary} is live for {experiment.fraction:.0%} of {persona}'s conversations "
           f"({experiment.persona_file}); the running bot decides (or: refine status {persona} --apply)")
 
@@ -270,7 +277,7 @@ def run_command(
                 experiment = await env.manager.start(persona, report, winner, fraction=fraction, approve=approve)
             return report, experiment
 
-    report, experiment = _run(main)
+    report, experiment = _run(main, persona)
     if report is None:
         _echo("no candidates: nothing to evaluate")
         return
@@ -347,7 +354,7 @@ def promote_command(
     persona: PersonaArg,
     force: Annotated[bool, typer.Option("--force", help="Promote even before the canary has won.")] = False,
 ) -> None:
-    """Make the canary the persona's next version (the old version is kept under data_dir/refine)."""
+    """Make the canary the persona's next version (the old version is kept under BOT_DATA_DIR/refine)."""
 
     async def main(cfg: Settings) -> Any:
         async with _env(cfg, models=False) as env:

@@ -10,34 +10,28 @@ Mounted by bot.cli: `app.add_typer(train_app, name="train")`.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from bot.domain.persona import Persona
-from bot.errors import PersonaNotFound
-from bot.settings import Settings
-from bot.training.data import (
-    ChatExample,
-    DataSource,
-    feedback_examples,
-    load_jsonl,
-    persona_examples,
-    training_system_prompt,
-)
-from bot.training.errors import TrainingError
-from bot.training.loop import LoopOptions
-from bot.training.methods import LoraOptions, SoftPromptOptions
-from bot.training.run import Progress as TrainProgress
-from bot.training.run import TrainingData, TrainResult, train_adapter
+from bot.cli_common import EXIT_USAGE, fail, run_async, settings
+
+if TYPE_CHECKING:  # the training stack (torch, transformers, peft) is imported when a command runs
+    from bot.domain.persona import Persona
+    from bot.settings import Settings
+    from bot.training.data import ChatExample, DataSource
+    from bot.training.loop import LoopOptions
+    from bot.training.methods import LoraOptions, SoftPromptOptions
+    from bot.training.run import Progress as TrainProgress
+    from bot.training.run import TrainResult
 
 train_app = typer.Typer(no_args_is_help=True, help="Train soft prompts and LoRA adapters for a persona (CPU).")
 out_console = Console()
@@ -76,6 +70,8 @@ def soft_prompt(
     max_length: LengthOpt = 384,
 ) -> None:
     """Train a soft prompt (PEFT prompt tuning): a few learned virtual tokens before the prompt."""
+    from bot.training.loop import LoopOptions
+    from bot.training.methods import SoftPromptOptions
 
     def method(system_prompt: str) -> SoftPromptOptions:
         return SoftPromptOptions(virtual_tokens, None if random_init else (init_text or system_prompt))
@@ -112,6 +108,8 @@ def lora(
     max_length: LengthOpt = 384,
 ) -> None:
     """Train a LoRA adapter: low-rank updates to the attention layers."""
+    from bot.training.loop import LoopOptions
+    from bot.training.methods import LoraOptions
     layers = tuple(t.strip() for t in targets.split(",") if t.strip())
 
     def method(system_prompt: str) -> LoraOptions:
@@ -139,10 +137,11 @@ def _train(
     loop: LoopOptions,
     holdout: float,
 ) -> None:
-    # bot.cli mounts this module: import its helpers at call time, not at import time.
-    from bot.cli import run_async, settings
+    from bot.training.data import training_system_prompt
+    from bot.training.run import TrainingData, train_adapter
 
     cfg = settings()
+    _check_out_dir(out)
 
     async def main() -> TrainResult:
         from bot.models.local_loader import load_local_model
@@ -160,8 +159,21 @@ def _train(
     _show_result(run_async(main()))
 
 
+def _check_out_dir(out: Path) -> None:
+    """Before any loading: --out must be a directory we can create or write into (else exit 2)."""
+    if out.exists() and not out.is_dir():
+        fail(f"cannot write --out {out}: it is a file, not a directory", EXIT_USAGE)
+    nearest = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    try:  # a real attempt: permissions, read-only and special file systems all show here
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=nearest))
+    except OSError as exc:
+        fail(f"cannot write --out {out}: {exc.strerror or exc} in {nearest}", EXIT_USAGE)
+
+
 def find_persona(cfg: Settings, persona_id: str) -> Persona:
+    from bot.errors import PersonaNotFound
     from bot.personas.loader import load_directory
+    from bot.training.errors import TrainingError
 
     result = load_directory(cfg.personas_dir)
     persona = result.personas.get(persona_id)
@@ -179,6 +191,9 @@ def find_persona(cfg: Settings, persona_id: str) -> Persona:
 async def gather_data(
     cfg: Settings, persona: Persona, files: list[Path], from_feedback: bool, use_examples: bool
 ) -> tuple[list[ChatExample], list[DataSource]]:
+    from bot.training.data import feedback_examples, load_jsonl, persona_examples
+    from bot.training.errors import TrainingError
+
     examples: list[ChatExample] = []
     sources: list[DataSource] = []
     found = [load_jsonl(path) for path in files]
@@ -214,6 +229,16 @@ def _show_data(sources: list[DataSource]) -> None:
 @contextmanager
 def _progress() -> Iterator[TrainProgress]:
     """A rich progress bar fed by the training callbacks."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from bot.training.run import Progress as TrainProgress
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -245,6 +270,8 @@ def _progress() -> Iterator[TrainProgress]:
 
 
 def _show_result(result: TrainResult) -> None:
+    from rich.table import Table
+
     card = result.card
     loss = card["loss"]
     table = Table(

@@ -14,9 +14,15 @@ def private_dir(path: Path) -> Path:
     """Create `path` (and parents) as 0700, and tighten it if it already exists and is ours.
 
     The working directory and the home directory are left alone: pointing `data_dir` at them must not
-    lock other programs out of them.
+    lock other programs out of them. A path that cannot be a directory is a ConfigError naming it.
     """
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    except OSError as exc:
+        from bot.errors import ConfigError
+
+        why = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
+        raise ConfigError(f"cannot create the data directory {path} ({why}): check BOT_DATA_DIR") from exc
     resolved = path.resolve()
     if resolved in (Path.cwd().resolve(), Path.home().resolve()):
         return path

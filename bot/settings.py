@@ -8,6 +8,7 @@ configuration: embedded Redis under `data/`, the bundled SmolLM2 model on the CP
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,18 +26,19 @@ class RedisSettings(BaseModel):
     )
     key_prefix: str = Field(default="bot", description="Prefix of every key this bot writes.")
 
-    @field_validator("url")
-    @classmethod
-    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return url
     max_connections: int = Field(default=32, ge=1, description="Size of the one connection pool.")
     socket_timeout: float = Field(default=5.0, gt=0, description="Seconds before a Redis call fails.")
     forget_rewrite_timeout_s: float = Field(
         default=60.0, ge=0, description="After /forget-me: seconds to wait for Redis to rewrite its AOF and RDB "
         "files without the user's data (0: do not rewrite)."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
 
 class JournalSettings(BaseModel):
@@ -114,15 +116,25 @@ class ConsoleSettings(BaseModel):
 
 
 class DiscordSettings(BaseModel):
-    token: SecretStr | None = Field(default=None, description="Bot token from the Developer Portal.")
-    api_base: str = Field(default="https://discord.com/api/v10", description="REST API base URL.")
+    token: SecretStr | None = Field(
+        default=None, description="Bot token from the Developer Portal (required by `python -m bot discord`)."
+    )
+    api_base: str = Field(
+        default="https://discord.com/api/v10", description="REST API base URL (the tests point it at a fake Discord)."
+    )
     gateway_url: str | None = Field(default=None, description="Gateway URL (unset: ask the API).")
     answer_in_dms: bool = Field(default=True, description="Answer direct messages.")
-    always_answer_channels: list[int] = Field(default_factory=list, description="Answer here without a mention.")
+    always_answer_channels: list[int] = Field(
+        default_factory=list, description="Channel ids where every message is answered, no mention needed (JSON list)."
+    )
     auto_thread: bool = Field(default=False, description="Open a thread for a mention in a channel.")
-    admin_role_ids: list[int] = Field(default_factory=list, description="Roles allowed to run admin commands.")
+    admin_role_ids: list[int] = Field(
+        default_factory=list, description="Role ids allowed to run admin commands (JSON list)."
+    )
     rating_reactions: bool = Field(default=True, description="Add 👍/👎 to finished replies as a hint.")
-    edit_interval_s: float = Field(default=1.0, ge=0.2, description="Minimum seconds between streaming edits.")
+    edit_interval_s: float = Field(
+        default=1.0, ge=0.2, description="Minimum seconds between streaming edits (at least 0.2)."
+    )
     user_cooldown_s: float = Field(
         default=2.0, ge=0, description="Seconds between the answers to one user's messages, by when they were "
         "sent; sooner ones wait their turn (0: off).",
@@ -144,7 +156,9 @@ class DiscordSettings(BaseModel):
         default=2.0, gt=0, description="Seconds to wait for Redis on claims, cooldowns, limits and placements "
         "before this process uses its own.",
     )
-    max_input_chars: int = Field(default=4000, ge=100, description="Longer messages are truncated with a note.")
+    max_input_chars: int = Field(
+        default=4000, ge=100, description="Longer messages are truncated with a note (at least 100)."
+    )
     shard_count: int | None = Field(default=None, ge=1, description="Shards (unset: Discord's recommendation).")
     shard_ids: list[int] | None = Field(
         default=None, description="Shards this process runs, e.g. [0, 1] (needs shard_count; unset: all)."
@@ -156,10 +170,12 @@ class DiscordSettings(BaseModel):
         if self.shard_ids is None:
             return self
         if self.shard_count is None:
-            raise ValueError("shard_ids needs shard_count (the total number of shards across processes)")
+            raise ValueError("shard_ids: needs BOT_DISCORD__SHARD_COUNT too (the total number of shards across "
+                             "processes)")
         wrong = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
         if wrong or not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids):
-            raise ValueError(f"shard_ids must be distinct ids from 0 to {self.shard_count - 1}, got {self.shard_ids}")
+            raise ValueError(f"shard_ids: must be distinct ids from 0 to {self.shard_count - 1} (SHARD_COUNT is "
+                             f"{self.shard_count}), got {self.shard_ids}")
         return self
 
 
@@ -215,7 +231,9 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Seconds between checks for changed persona files (0: no hot reload)."
     )
     default_persona: str = Field(default="assistant", description="Persona used when none is chosen.")
-    log_level: str = Field(default="WARNING", description="Python logging level.")
+    log_level: str = Field(
+        default="WARNING", description="Python logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
     redis: RedisSettings = Field(default_factory=RedisSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -224,6 +242,18 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     refine: RefineSettings = Field(default_factory=RefineSettings)
+
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        name = level.strip().upper()
+        if name not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return name
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def setting_rows(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> list[tuple[str, str, str]]:
@@ -256,8 +286,13 @@ def describe_settings_error(exc: Exception) -> list[str]:
 
 def _describe_validation(err: Any) -> str:
     loc = [str(p) for p in err["loc"] if isinstance(p, str | int)]
-    env = "BOT_" + "__".join(p.upper() for p in loc if not p.isdigit())
     message = str(err["msg"]).removeprefix("Value error, ")
+    named = re.match(r"(\w+): ", message)  # a check across fields names the field it is about
+    if named and isinstance(err.get("input"), dict) and named.group(1) in err["input"]:
+        loc, message = [*loc, named.group(1)], message[named.end():]
+    env = "BOT_" + "__".join(p.upper() for p in loc if not p.isdigit())
+    if err["type"] == "list_type" and isinstance(err.get("input"), str):
+        message = "not a JSON list; lists are written like [1, 2]"
     if err["type"] != "missing" and not _is_secret(loc) and isinstance(err.get("input"), str | int | float):
         shown = repr(err["input"])
         message += f" (got {shown[:80] + '…' if len(shown) > 80 else shown})"
@@ -277,14 +312,12 @@ def _is_secret(loc: list[str]) -> bool:
 def _describe_unparsable(exc: Exception) -> list[str]:
     """pydantic-settings names only the top-level field; find the variable whose JSON is broken."""
     import json
-    import os
-    import re
 
     match = re.search(r'field "([^"]+)"', str(exc))
     field = match.group(1) if match else ""
     prefix = f"BOT_{field.upper()}"
     found = []
-    for name, value in sorted(os.environ.items()):
+    for name, value in sorted(_raw_variables().items()):
         if name.upper() == prefix or name.upper().startswith(prefix + "__"):
             try:
                 json.loads(value)
@@ -292,6 +325,17 @@ def _describe_unparsable(exc: Exception) -> list[str]:
                 if value.lstrip().startswith(("[", "{")) or _wants_json(name):
                     found.append(f"{name.upper()}: not valid JSON ({cause}); lists are written like [1, 2]")
     return found or [f"{prefix}…: cannot be read: {exc.__cause__ or exc}"]
+
+
+def _raw_variables() -> dict[str, str]:
+    """The variables Settings() read, as text: the .env file's, overridden by the environment's."""
+    import os
+
+    from dotenv import dotenv_values
+
+    env_file = Path(str(Settings.model_config.get("env_file") or ".env"))
+    found = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+    return found | dict(os.environ)
 
 
 def _wants_json(env: str) -> bool:

@@ -21,14 +21,28 @@ else
 fi
 log=.venv/setup.log
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+command -v "$PYTHON" >/dev/null || { echo "setup: no $PYTHON found; install Python 3.11 or newer (or set PYTHON=...)" >&2; exit 1; }
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  || { echo "setup: $PYTHON ($("$PYTHON" -V 2>/dev/null || echo "does not run")) is not Python 3.11 or newer;" \
+         "set PYTHON=python3.11 (or newer)" >&2; exit 1; }
 stamp=.venv/.setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-[ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
+[ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
+
+# A .venv left half-made (an interrupted or failed first run) is made again.
+if [ -d .venv ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then rm -rf .venv; fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv >/dev/null 2>&1 || { rm -rf .venv; echo "setup: $PYTHON cannot create a virtual" \
+    "environment; install its venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
+fi
 
 pip() { .venv/bin/python -m pip --disable-pip-version-check "$@" >>"$log" 2>&1; }
 fail() { tail -20 "$log" >&2; echo "setup failed: $1 (full log: $log)" >&2; exit 1; }
-echo "setting up .venv (first run: a few minutes; log in $log)" >&2
+if [ -f "$stamp" ]; then
+  echo "updating .venv (pyproject.toml or scripts/setup.sh changed; log in $log)" >&2
+else
+  echo "setting up .venv (first run: a few minutes; log in $log)" >&2
+fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip install --retries 2 --timeout 30 "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX" \
     || fail "cannot install $TORCH_SPEC from PyPI or $TORCH_INDEX; set TORCH_SPEC=torch==$TORCH_VERSION to take PyPI's build"

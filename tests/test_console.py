@@ -52,3 +52,13 @@ async def test_persona_commands(settings: Settings) -> None:
     assert "unknown command /nope" in text
     assert "/rate up|down" in text
     assert "never sent" not in text
+
+
+async def test_a_persona_new_to_the_conversation_greets_instead_of_continuing(settings: Settings) -> None:
+    await chat(settings, ["hello Ada"])
+    text = await chat(settings, [], persona="captain")
+    assert "continuing the earlier conversation" not in text and "Captain Redbeard> Arr, ahoy Sam!" in text
+    assert "continuing the earlier conversation" in await chat(settings, [])
+    switched = await chat(settings, ["/persona captain", "/persona assistant"])
+    assert "(now chatting with Captain Redbeard)\nCaptain Redbeard> Arr, ahoy Sam!" in switched, switched
+    assert switched.rstrip().endswith("(now chatting with Ada)")  # Ada has: no second greeting

@@ -291,7 +291,7 @@ def test_cli_reports_a_missing_token_in_one_line(monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)  # no .env here
     monkeypatch.delenv("BOT_DISCORD__TOKEN", raising=False)
     result = CliRunner().invoke(app, ["discord"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a missing setting: nothing was started
     # One message (the console may wrap it at its width), no traceback.
     assert " ".join(result.output.split()) == (
         "error: no Discord bot token: set BOT_DISCORD__TOKEN (Developer Portal → your app → Bot → Reset Token)"

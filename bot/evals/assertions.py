@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import regex
-from langchain_core.language_models.chat_models import BaseChatModel
 
 from bot.evals.cases import (
     Assertion,
@@ -21,6 +21,9 @@ from bot.evals.cases import (
 )
 from bot.evals.judge import ask_judge
 from bot.evals.similarity import similarity
+
+if TYPE_CHECKING:
+    from langchain_core.language_models.chat_models import BaseChatModel
 
 
 @dataclass(frozen=True, slots=True)

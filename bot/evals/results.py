@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from bot.domain.stats import compare, wilson_interval
+from bot.domain.table import percent, render_table
 from bot.evals.assertions import AssertionResult
-from bot.evals.table import percent, render_table
 
 Target = tuple[str, str]  # (persona id, variant)
 

@@ -19,7 +19,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 from bot.domain.stats import Comparison, compare, median, wilson_interval
-from bot.evals.table import percent, render_table
+from bot.domain.table import percent, render_table
 from bot.ports import FeedbackLog
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from typing import Any
 
 from bot.domain.persona import Persona
 from bot.domain.stats import weighted_mean_interval
+from bot.domain.table import render_table
 from bot.evals import EvalTarget, ModelResponder, run_evals
-from bot.evals.table import render_table
 from bot.ports import ModelProvider
 from bot.refine.candidates import Candidate
 from bot.refine.dataset import Dataset

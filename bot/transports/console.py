@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -32,6 +34,9 @@ HELP = """commands:
   /personas       list personas
   /help           this text
   /quit           leave (Ctrl-D works too)"""
+
+#: Remembered turns looked at on start to tell whether this persona has talked here before.
+HISTORY_WINDOW = 50
 
 RATINGS = {"up": 1, "good": 1, "+1": 1, "+": 1, "down": -1, "bad": -1, "-1": -1, "-": -1}
 
@@ -75,14 +80,20 @@ class ConsoleSession:
     async def start(self) -> None:
         persona = self.persona()
         self.say(f"Chatting with {persona.name} [{persona.id} v{persona.version}]. /help for commands.")
-        history = await self.engine.memory.load(self.conversation_id, 1)
-        if history:
+        if await self.spoke_here(persona):
             self.say("(continuing the earlier conversation; /reset to start over)")
         else:
-            greeting = await self.engine.greeting(persona, self.user_name, "console",
-                                                  conversation_id=self.conversation_id)
-            if greeting:
-                self.say(f"{persona.name}> {greeting}")
+            await self.greet(persona)
+
+    async def spoke_here(self, persona: Persona) -> bool:
+        """Personas keep their own part of a conversation: only this persona's turns make it "earlier"."""
+        history = await self.engine.memory.load(self.conversation_id, HISTORY_WINDOW)
+        return any(turn.persona_id == persona.id for turn in history)
+
+    async def greet(self, persona: Persona) -> None:
+        greeting = await self.engine.greeting(persona, self.user_name, "console", conversation_id=self.conversation_id)
+        if greeting:
+            self.say(f"{persona.name}> {greeting}")
 
     async def handle(self, line: str) -> None:
         text = valid_text(line).strip()
@@ -168,6 +179,8 @@ class ConsoleSession:
         self.persona_id = persona.id
         self.last_reply_id = None
         self.say(f"(now chatting with {persona.name})")
+        if not await self.spoke_here(persona):
+            await self.greet(persona)
 
 
 async def run_console(
@@ -180,11 +193,41 @@ async def run_console(
     interactive = stdin.isatty()
     session = ConsoleSession(engine, persona_id, user_name, conversation, out, interactive)
     await session.start()
+    lines = _lines(stdin)
     while session.running:
         if interactive:
-            out.write(f"{user_name}> ")
+            out.write(terminal_safe(f"{user_name}> "))
             out.flush()
-        line = await asyncio.to_thread(stdin.readline)
+        line = await anext(lines, "")
         if not line:  # EOF: piped input is done, or Ctrl-D
+            if interactive:
+                out.write("\n")
             break
         await session.handle(line)
+
+
+def _lines(stdin: TextIO) -> AsyncIterator[str]:
+    """stdin's lines, read by a daemon thread: a readline blocked on a terminal must not hold up
+    Ctrl-C (asyncio.to_thread's executor would be joined at exit, waiting for Enter)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        line = "x"
+        while line:
+            try:
+                line = stdin.readline()
+            except Exception as exc:  # a closed or broken stdin ends the chat like EOF
+                log.warning("console: cannot read input: %s", exc)
+                line = ""
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            except RuntimeError:  # the loop is gone: the chat has ended
+                return
+
+    async def read() -> AsyncIterator[str]:
+        while line := await queue.get():
+            yield line
+
+    threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+    return read()

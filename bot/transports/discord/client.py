@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
+#: View Channels, Send Messages (and in threads), Read Message History, Add Reactions, Create Public
+#: Threads, Manage Webhooks: what the README's invite link grants.
+INVITE_PERMISSIONS = 309774584896
+
+
+def invite_url(application_id: int | None) -> str:
+    client_id = application_id if application_id is not None else "APP_ID"
+    return (f"https://discord.com/oauth2/authorize?client_id={client_id}&scope=bot+applications.commands"
+            f"&permissions={INVITE_PERMISSIONS}")
 
 
 def intents() -> discord.Intents:
@@ -44,6 +53,8 @@ def intents() -> discord.Intents:
 
 class PersonaBot(commands.AutoShardedBot):
     def __init__(self, runtime: Runtime, state: DiscordState, **options: Any) -> None:
+        # The bot never joins voice: discord.py's start-up warnings about voice libraries are noise.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         settings = runtime.settings.discord
         options.setdefault("shard_count", settings.shard_count)
         if settings.shard_ids is not None:
@@ -57,6 +68,7 @@ class PersonaBot(commands.AutoShardedBot):
         )
         self.runtime = runtime
         self.settings = settings
+        self._told_invite = False
         self.services = Services.build(runtime.engine, state, settings, self, refine=runtime.refine)
 
     async def setup_hook(self) -> None:
@@ -79,6 +91,9 @@ class PersonaBot(commands.AutoShardedBot):
         if self.user is not None:
             self.runtime.engine.bot_name = self.user.display_name  # the {bot_name} prompt variable
         log.info("connected as %s (%s) to %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+        if not self.guilds and not self._told_invite:
+            self._told_invite = True
+            log.warning("%s is in no server yet; invite it with %s", self.user, invite_url(self.application_id))
 
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: ChatCog answers messages, slash commands do the rest."""

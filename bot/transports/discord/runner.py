@@ -47,8 +47,10 @@ async def run(settings: Settings) -> None:
     token = token_of(settings)
     point_at(settings.discord)
     await check_token(token, settings.discord.api_base)
+    log.info("Discord accepted the token; loading personas, Redis and the model")
     async with build_runtime(settings) as runtime:
         bot = create_bot(runtime)
+        log.info("connecting to the Discord gateway")
         try:
             async with bot:
                 await bot.start(token)

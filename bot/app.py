@@ -79,6 +79,28 @@ def journal_path(settings: Settings) -> Path:
     return settings.data_dir / "journal" / f"{name}.sqlite3"
 
 
+@dataclass
+class Stores:
+    """The Redis-backed stores, built one way for the running bot and the offline commands (feedback
+    report and export, refine, train --from-feedback), which open them with `open_stores`."""
+
+    redis: RedisHandle
+    feedback: RedisFeedbackLog
+    refine: RedisRefineStore
+
+    @classmethod
+    def on(cls, redis: RedisHandle, settings: Settings) -> Stores:
+        feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
+        return cls(redis, feedback, RedisRefineStore(redis))
+
+
+@asynccontextmanager
+async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
+    """The stores, for a command that needs no model and no chat engine."""
+    async with connect_redis(settings) as redis:
+        yield Stores.on(redis, settings)
+
+
 @asynccontextmanager
 async def connect_redis(settings: Settings, *, watch: bool = False) -> AsyncIterator[RedisHandle]:
     """Connect to the configured Redis, or use the embedded one (started if none runs; stopped on
@@ -125,7 +147,8 @@ async def build_runtime(
             personas.on_reload(lambda _changes: provider.clear_cache())
             personas.add_validator(provider.check_adapters)
         memory = RedisMemoryStore(redis)
-        feedback = RedisFeedbackLog(redis, retention_days=settings.feedback.prompt_retention_days)
+        shared = Stores.on(redis, settings)
+        feedback = shared.feedback
         private_dir(settings.data_dir)
         journal = await SqliteJournal.open(journal_path(settings), max_bytes=settings.journal.max_mb * 2**20)
         rewriter = PersistenceRewriter(
@@ -140,7 +163,7 @@ async def build_runtime(
             stores=stores,
         )  # fmt: skip
         # Refine's automatic decisions on running canaries (a supervised periodic task; bot.refine.watcher).
-        canaries = refine_watcher(settings.refine, redis, feedback, personas, settings.data_dir,
+        canaries = refine_watcher(settings.refine, shared.refine, feedback, personas, settings.data_dir,
                                   on_written=personas.reload)
         try:
             async with (
@@ -149,7 +172,7 @@ async def build_runtime(
                 watching(personas, settings.personas_reload_s) as watcher,
             ):
                 yield Runtime(
-                    settings, redis, personas, provider, memory, feedback, engine, RedisRefineStore(redis),
+                    settings, redis, personas, provider, memory, feedback, engine, shared.refine,
                     journal, replayer, embedded, watcher,
                 )  # fmt: skip
                 if stores.redis_up and journal.pending:  # leave as little as possible for the next start

@@ -48,20 +48,16 @@ def feedback_report(
     sample: Annotated[int, typer.Option(help="Newest reply records read for the medians.", min=0)] = 20_000,
 ) -> None:
     """👍 rate with 95% intervals, latency and length per persona/version/variant; variant comparisons."""
-    from bot.app import connect_redis
-    from bot.feedback.redis_log import RedisFeedbackLog
+    from bot.app import open_stores
     from bot.feedback.report import build_report, render_html
 
     cfg, start = settings(), _since(since)
     check_output(html, "--html")
 
     async def main() -> Any:
-        async with connect_redis(cfg) as redis:
-            log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            from bot.refine.redis_store import RedisRefineStore
-
-            return await build_report(log, persona_id=persona, since=start, sample=sample,
-                                      refine=RedisRefineStore(redis))
+        async with open_stores(cfg) as stores:
+            return await build_report(stores.feedback, persona_id=persona, since=start, sample=sample,
+                                      refine=stores.refine)
 
     report = run_async(main())
     typer.echo(report.to_json() if as_json else report.render_text())
@@ -85,17 +81,16 @@ def feedback_export(
     """Rated replies as JSONL, or as SFT / KTO / DPO training rows (TRL's conversational format)."""
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
-    from bot.app import connect_redis
+    from bot.app import open_stores
     from bot.feedback.export import export
-    from bot.feedback.redis_log import RedisFeedbackLog
 
     cfg = settings()
     check_output(out, "--out")
     options = ExportOptions(persona, min_ratings, system_prompt, max_pairs)
 
     async def main() -> Any:
-        async with connect_redis(cfg) as redis:
-            log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
+        async with open_stores(cfg) as stores:
+            log = stores.feedback
             if out is None:
                 return await export(log, _as_format(fmt), sys.stdout, options)
             try:

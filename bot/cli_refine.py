@@ -55,18 +55,15 @@ class Env:
 
 @asynccontextmanager
 async def _env(cfg: Settings, *, models: bool) -> AsyncIterator[Env]:
-    from bot.app import connect_redis
-    from bot.feedback.redis_log import RedisFeedbackLog
+    from bot.app import open_stores
     from bot.personas.registry import FilePersonaRegistry
     from bot.refine.manager import ExperimentManager
-    from bot.refine.redis_store import RedisRefineStore
     from bot.refine.watcher import policy_of
 
     registry = FilePersonaRegistry(cfg.personas_dir, adapters_root=cfg.adapters_dir)
     registry.reload()
-    async with connect_redis(cfg) as redis:
-        log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-        store = RedisRefineStore(redis)
+    async with open_stores(cfg) as stores:
+        log, store = stores.feedback, stores.refine
         manager = ExperimentManager(store, log, registry, policy_of(cfg.refine), cfg.data_dir)
         env = Env(cfg, registry, log, store, manager)
         if not models:

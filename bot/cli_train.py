@@ -200,12 +200,10 @@ async def gather_data(
     if use_examples and persona.examples:
         found.append(persona_examples(persona))
     if from_feedback:
-        from bot.app import connect_redis
-        from bot.feedback.redis_log import RedisFeedbackLog
+        from bot.app import open_stores
 
-        async with connect_redis(cfg) as redis:
-            log = RedisFeedbackLog(redis, retention_days=cfg.feedback.prompt_retention_days)
-            found.append(await feedback_examples(log, persona.id))
+        async with open_stores(cfg) as stores:
+            found.append(await feedback_examples(stores.feedback, persona.id))
     for chats, source in found:
         examples += chats
         sources.append(source)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from bot.errors import BotError
 from bot.ports import FeedbackLog
-from bot.redis_conn import RedisHandle
 from bot.refine.errors import ExperimentError
 from bot.refine.experiments import Decision
 from bot.refine.manager import ExperimentManager, ExperimentPolicy, PersonaSource
-from bot.refine.redis_store import RedisRefineStore
+from bot.refine.store import RefineStore
 from bot.settings import RefineSettings
 
 log = logging.getLogger(__name__)
@@ -69,14 +68,14 @@ class RefineWatcher:
 
 
 @asynccontextmanager
-async def refine_watcher(settings: RefineSettings, redis: RedisHandle, log_: FeedbackLog, personas: PersonaSource,
+async def refine_watcher(settings: RefineSettings, store: RefineStore, log_: FeedbackLog, personas: PersonaSource,
                          data_dir: Path, *, on_written: Callable[[], object] | None = None
                          ) -> AsyncIterator[RefineWatcher | None]:
     """Run the watcher while the block runs (nothing when check_interval_s is 0)."""
     if settings.check_interval_s <= 0:
         yield None
         return
-    manager = ExperimentManager(RedisRefineStore(redis), log_, personas, policy_of(settings), data_dir,
+    manager = ExperimentManager(store, log_, personas, policy_of(settings), data_dir,
                                 on_written=on_written)
     watcher = RefineWatcher(manager, settings.check_interval_s)
     task = asyncio.create_task(watcher.run(), name="refine-watcher")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -361,11 +362,21 @@ def test_base_model_identity_is_exact_up_to_quantization_suffixes() -> None:
 
 
 @pytest.mark.model
-async def test_least_recently_used_loras_are_unloaded_and_reload_on_use(made: Made) -> None:
+async def test_least_recently_used_loras_are_unloaded_and_reload_on_use(
+        made: Made, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many LoRA personas on one base: only max_loaded_lora stay loaded; one that a row is still
     decoding with is never unloaded; an unloaded one comes back on its next use with the same replies."""
     runtime = LocalRuntime(fresh_model(), ModelSettings(max_loaded_lora=1))
     bank = runtime.adapters
+    # The worker pauses between steps while a row is mid-decode, until `resume`: the lora-b row
+    # below is then certainly still decoding when lora-a loads (a short reply could otherwise end first).
+    scheduler, resume = runtime.scheduler, threading.Event()
+    next_admissions = scheduler._next_admissions
+
+    def paused_while_decoding() -> Any:
+        if scheduler.active and not resume.is_set():
+            resume.wait(timeout=60)
+        return next_admissions()
 
     async def reply(name: str) -> list[int]:
         pieces = [item async for item in runtime.stream(CHATS[0], GREEDY, made.path(name))]
@@ -383,13 +394,16 @@ async def test_least_recently_used_loras_are_unloaded_and_reload_on_use(made: Ma
         assert bank.loaded_lora() == 1 and bank.stats.evictions == 1
         assert bank.current(made.root / "lora-a") is None  # unloaded, still valid on disk
         # While a lora-b row decodes, loading lora-a must not unload lora-b.
+        monkeypatch.setattr(scheduler, "_next_admissions", paused_while_decoding)
         stream = runtime.stream(CHATS[0], GREEDY.model_copy(update={"max_new_tokens": 24}), made.path("lora-b"))
         assert isinstance(await anext(stream), str)
         await asyncio.to_thread(runtime.ensure_adapter, "p", made.root / "lora-a")
         assert bank.loaded_lora() == 2 and bank.current(made.root / "lora-b") is not None
+        resume.set()
         async for _ in stream:
             pass
         assert await reply("lora-a") == decoded("lora-a")  # reloaded: the same replies
         assert bank.stats.loads == 3  # a, b, a again (b stayed: it was busy; the next load trims)
     finally:
+        resume.set()
         runtime.close()

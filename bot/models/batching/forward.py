@@ -26,7 +26,9 @@ BASE_ADAPTER = "__base__"
 
 
 class Forward(Protocol):
-    caches: CacheKind
+    @property
+    def caches(self) -> CacheKind:
+        ...
 
     def embed(self, tokens: Sequence[int]) -> Any:
         """Token embeddings [len(tokens), hidden]."""

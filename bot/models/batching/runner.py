@@ -23,9 +23,14 @@ from bot.models.batching.rows import Request
 
 
 class ModelRunner(Protocol):
-    caches: CacheKind
-    #: Longest prompt + reply the model takes.
-    max_positions: int
+    @property
+    def caches(self) -> CacheKind:
+        ...
+
+    @property
+    def max_positions(self) -> int:
+        """Longest prompt + reply the model takes."""
+        ...
 
     def eos_ids(self, tokenizer: Any) -> frozenset[int]:
         ...

@@ -78,17 +78,25 @@ def chat(
     persona: Annotated[str | None, typer.Option("--persona", "-p", help="Persona id (default: settings).")] = None,
 ) -> None:
     """Chat in the terminal (stdin may be a pipe: one message a line)."""
+    from bot.models.provider import DefaultModelProvider
+
+    cfg = settings()
+    # The local model loads on a thread while everything else starts (imports, Redis, personas).
+    provider = DefaultModelProvider(cfg.model, cfg.data_dir, adapters_dir=cfg.adapters_dir)
+    if cfg.model.backend == "local":
+        provider.start_loading()
     from bot.app import build_runtime
     from bot.transports.console import run_console
 
-    cfg = settings()
-
     async def main() -> None:
-        async with build_runtime(cfg) as runtime:
-            persona_id = persona or cfg.default_persona
-            runtime.personas.get(persona_id)  # fail early with the list of known personas
-            await run_console(runtime.engine, persona_id, user_name=cfg.console.user_name,
-                              conversation=cfg.console.conversation, stdin=sys.stdin, out=sys.stdout)
+        try:
+            async with build_runtime(cfg, model_provider=provider) as runtime:
+                persona_id = persona or cfg.default_persona
+                runtime.personas.get(persona_id)  # fail early with the list of known personas
+                await run_console(runtime.engine, persona_id, user_name=cfg.console.user_name,
+                                  conversation=cfg.console.conversation, stdin=sys.stdin, out=sys.stdout)
+        finally:
+            provider.close()
 
     run_async(main())
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-from langchain_core.language_models.chat_models import BaseChatModel
+from typing import TYPE_CHECKING, Protocol
 
 from bot.domain.feedback import RatedReply, Rating, ReplyRecord
 from bot.domain.messages import StoredTurn
@@ -16,6 +14,9 @@ from bot.domain.persona import Persona
 from bot.domain.ratings import MessageRating, RateOutcome
 from bot.domain.writes import Write
 from bot.errors import PersonaFileError
+
+if TYPE_CHECKING:
+    from langchain_core.language_models.chat_models import BaseChatModel
 
 
 class MemoryStore(Protocol):

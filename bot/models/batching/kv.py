@@ -63,8 +63,32 @@ class GrowingKV:
 
 
 class PlainLayer(GrowingKV):
+    """GrowingKV for the native forward; it can also hand out the next free column to be written in
+    place (`slot` / `commit`), with `keys`/`values` views made only when asked for."""
+
     def __init__(self, keys: Any, values: Any, spare: int) -> None:
         self._setup(keys, values, spare)
+
+    def _expose(self) -> None:
+        pass
+
+    @property
+    def keys(self) -> Any:
+        return self._k[..., : self._length, :]
+
+    @property
+    def values(self) -> Any:
+        return self._v[..., : self._length, :]
+
+    def slot(self) -> tuple[Any, Any, int]:
+        """(key buffer, value buffer, column) to write one new position into; `commit()` after writing."""
+        if self._length + 1 > self._k.shape[-2]:
+            capacity = self._length + 1 + max(SPARE_POSITIONS, self._k.shape[-2] // 2)
+            self._k, self._v = _with_room(self.keys, capacity), _with_room(self.values, capacity)
+        return self._k, self._v, self._length
+
+    def commit(self) -> None:
+        self._length += 1
 
 
 def _with_room(tensor: Any, capacity: int) -> Any:

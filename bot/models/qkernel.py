@@ -63,6 +63,13 @@ static inline void q8_unpack(const uint8_t* blk, __m256* q) {
 static inline long q4_element(int v, int i) { return 4 * (i % 4) + v + 16 * (i / 4); }
 static inline long q8_element(int v, int i) { return 8 * v + i; }
 
+static inline __m256 block_dot_x(const __m256* q, const __m256* x) {
+    __m256 a = _mm256_mul_ps(q[0], x[0]);
+    __m256 b = _mm256_mul_ps(q[1], x[1]);
+    a = _mm256_fmadd_ps(q[2], x[2], a);
+    b = _mm256_fmadd_ps(q[3], x[3], b);
+    return _mm256_add_ps(a, b);
+}
 static inline __m256 block_dot(const __m256* q, const float* x) {
     __m256 a = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
     __m256 b = _mm256_mul_ps(q[1], _mm256_loadu_ps(x + 8));
@@ -71,76 +78,97 @@ static inline __m256 block_dot(const __m256* q, const float* x) {
     return _mm256_add_ps(a, b);
 }
 
-/* R (<= 4) weight rows against P (1 or 2) input rows; the same operations for every (row, input)
+/* R (<= 4) weight rows against P (<= 4) input rows; the same operations for every (row, input)
    pair whatever R and P are, so results never depend on the batch. xp: permuted x; xs: block sums. */
-#define TILE(NAME, UNPACK, MINS)                                                                            \
-static inline __attribute__((always_inline)) void NAME(const float* xp, const float* xs, long K, long nb,    \
-        const uint8_t* w, long rowbytes, long bb, int R, int P, float* y, long N) {                          \
-    __m256 acc[4][2];                                                                                       \
-    float macc[4][2];                                                                                       \
-    for (int r = 0; r < 4; r++) for (int p = 0; p < 2; p++) { acc[r][p] = _mm256_setzero_ps(); macc[r][p] = 0.f; } \
-    for (long b = 0; b < nb; b++) {                                                                         \
-        for (int r = 0; r < R; r++) {                                                                       \
-            const uint8_t* blk = w + r * rowbytes + b * bb;                                                 \
-            __m256 q[4];                                                                                    \
-            UNPACK(blk, q);                                                                                 \
-            __m256 d = _mm256_set1_ps(half(blk));                                                           \
-            for (int p = 0; p < P; p++) {                                                                   \
-                acc[r][p] = _mm256_fmadd_ps(d, block_dot(q, xp + p * K + b * 32), acc[r][p]);              \
-                if (MINS) macc[r][p] = macc[r][p] + half(blk + 2) * xs[p * nb + b];                        \
-            }                                                                                               \
-        }                                                                                                   \
-    }                                                                                                       \
-    for (int r = 0; r < R; r++) for (int p = 0; p < P; p++) y[p * N + r] = hsum(acc[r][p]) + macc[r][p];   \
+#define TILE(NAME, UNPACK, MINS)                                                                       \
+static inline __attribute__((always_inline)) void NAME(                                                \
+        const float* xp, const float* xs, long K, long nb, const uint8_t* w, long rowbytes, long bb,    \
+        const int R, const int P, float* y, long N) {                                                   \
+    __m256 acc[4][4];                                                                                  \
+    float macc[4][4];                                                                                  \
+    for (int r = 0; r < 4; r++)                                                                        \
+        for (int p = 0; p < 4; p++) { acc[r][p] = _mm256_setzero_ps(); macc[r][p] = 0.f; }            \
+    for (long b = 0; b < nb; b++) {                                                                    \
+        __m256 xv[2][4];  /* one or two inputs' block, loaded once for the R weight rows */            \
+        if (P <= 2)                                                                                    \
+            for (int p = 0; p < P; p++)                                                                \
+                for (int v = 0; v < 4; v++) xv[p][v] = _mm256_loadu_ps(xp + p * K + b * 32 + 8 * v);   \
+        for (int r = 0; r < R; r++) {                                                                  \
+            const uint8_t* blk = w + r * rowbytes + b * bb;                                            \
+            __m256 q[4];                                                                               \
+            UNPACK(blk, q);                                                                            \
+            __m256 d = _mm256_set1_ps(half(blk));                                                      \
+            for (int p = 0; p < P; p++) {                                                              \
+                __m256 t = P <= 2 ? block_dot_x(q, xv[p]) : block_dot(q, xp + p * K + b * 32);       \
+                acc[r][p] = _mm256_fmadd_ps(d, t, acc[r][p]);                                          \
+                if (MINS) macc[r][p] = macc[r][p] + half(blk + 2) * xs[p * nb + b];                   \
+            }                                                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+    for (int r = 0; r < R; r++)                                                                        \
+        for (int p = 0; p < P; p++) y[p * N + r] = hsum(acc[r][p]) + macc[r][p];                      \
 }
 TILE(q4_tile, q4_unpack, 1)
 TILE(q8_tile, q8_unpack, 0)
 
-#define MATMUL(NAME, TILEFN, ELEMENT, BB, MINS)                                                             \
-void NAME(const float* x, const uint8_t* w, float* y, long M, long N, long K, int threads) {                 \
-    long nb = K / 32, rowbytes = nb * BB;                                                                   \
-    float* xp = malloc(sizeof(float) * M * (K + nb));                                                       \
-    float* xs = xp + M * K;                                                                                 \
-    for (long m = 0; m < M; m++)                                                                            \
-        for (long b = 0; b < nb; b++) {                                                                     \
-            const float* src = x + m * K + b * 32;                                                          \
-            float* dst = xp + m * K + b * 32;                                                               \
-            float s = 0.f;                                                                                  \
-            for (int v = 0; v < 4; v++) for (int i = 0; i < 8; i++) dst[v * 8 + i] = src[ELEMENT(v, i)];    \
-            for (int j = 0; j < 32; j++) s = s + src[j];                                                    \
-            xs[m * nb + b] = s;                                                                             \
-        }                                                                                                   \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                      \
-    for (long n = 0; n < N; n += 4) {                                                                       \
-        int R = N - n < 4 ? (int)(N - n) : 4;                                                               \
-        long m = 0;                                                                                         \
-        const uint8_t* wn = w + n * rowbytes;                                                               \
-        if (R == 4) {  /* constant tile sizes: the compiler keeps the accumulators in registers */          \
-            for (; m + 2 <= M; m += 2) TILEFN(xp + m * K, xs + m * nb, K, nb, wn, rowbytes, BB, 4, 2, y + m * N + n, N); \
-            for (; m < M; m++) TILEFN(xp + m * K, xs + m * nb, K, nb, wn, rowbytes, BB, 4, 1, y + m * N + n, N); \
-        } else {                                                                                            \
-            for (; m < M; m++) TILEFN(xp + m * K, xs + m * nb, K, nb, wn, rowbytes, BB, R, 1, y + m * N + n, N); \
-        }                                                                                                   \
-    }                                                                                                       \
-    free(xp);                                                                                               \
+/* Input rows in groups of 4 (against 2 weight rows), then 2 and 1 (against 4): each weight block is unpacked
+   once per group. The sizes are constants in each call, so the accumulators stay in registers. */
+#define ROWS(TILEFN, R, BB)                                                                            \
+    for (; m + 4 <= M; m += 4)                                                                         \
+        for (int h = 0; h < R; h += 2)                                                                 \
+            TILEFN(xp + m * K, xs + m * nb, K, nb, wn + h * rowbytes, rowbytes, BB, R - h < 2 ? R - h : 2, \
+                   4, y + m * N + n + h, N);                                                           \
+    for (; m + 2 <= M; m += 2)                                                                         \
+        TILEFN(xp + m * K, xs + m * nb, K, nb, wn, rowbytes, BB, R, 2, y + m * N + n, N);             \
+    for (; m < M; m++)                                                                                 \
+        TILEFN(xp + m * K, xs + m * nb, K, nb, wn, rowbytes, BB, R, 1, y + m * N + n, N);
+
+#define MATMUL(NAME, TILEFN, ELEMENT, BB, MINS)                                                        \
+void NAME(const float* x, const uint8_t* w, float* y, long M, long N, long K, int threads) {            \
+    long nb = K / 32, rowbytes = nb * BB;                                                              \
+    float* xp = malloc(sizeof(float) * M * (K + nb));                                                  \
+    float* xs = xp + M * K;                                                                            \
+    for (long m = 0; m < M; m++)                                                                       \
+        for (long b = 0; b < nb; b++) {                                                                \
+            const float* src = x + m * K + b * 32;                                                     \
+            float* dst = xp + m * K + b * 32;                                                          \
+            float s = 0.f;                                                                             \
+            for (int v = 0; v < 4; v++)                                                                \
+                for (int i = 0; i < 8; i++) dst[v * 8 + i] = src[ELEMENT(v, i)];                      \
+            for (int j = 0; j < 32; j++) s = s + src[j];                                               \
+            xs[m * nb + b] = s;                                                                        \
+        }                                                                                              \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                 \
+    for (long n = 0; n < N; n += 4) {                                                                  \
+        const uint8_t* wn = w + n * rowbytes;                                                          \
+        long m = 0;                                                                                    \
+        if (N - n >= 4) { ROWS(TILEFN, 4, BB) }                                                        \
+        else if (N - n == 3) { ROWS(TILEFN, 3, BB) }                                                   \
+        else if (N - n == 2) { ROWS(TILEFN, 2, BB) }                                                   \
+        else { ROWS(TILEFN, 1, BB) }                                                                   \
+    }                                                                                                  \
+    free(xp);                                                                                          \
 }
 MATMUL(q4_1_matmul, q4_tile, q4_element, 20, 1)
 MATMUL(q8_0_matmul, q8_tile, q8_element, 34, 0)
 
-/* The reference weights, exactly as gguf-py (and so transformers) computes them in float32. */
+/* The reference weights, exactly as gguf-py (and so transformers) computes them in float32: d * q + m
+   with the multiply and the add rounded separately (as numpy does), q in natural order. */
 void q4_1_dequantize(const uint8_t* w, float* out, long N, long K, int threads) {
     long nb = K / 32;
+    const __m128i lo = _mm_set1_epi8(0x0F);
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long n = 0; n < N; n++)
         for (long b = 0; b < nb; b++) {
             const uint8_t* blk = w + (n * nb + b) * 20;
-            float d = half(blk), m = half(blk + 2);
+            __m256 d = _mm256_set1_ps(half(blk)), m = _mm256_set1_ps(half(blk + 2));
+            __m128i v = _mm_loadu_si128((const __m128i*)(blk + 4));
+            __m128i ql = _mm_and_si128(v, lo), qh = _mm_and_si128(_mm_srli_epi16(v, 4), lo);
+            __m128i parts[4] = {ql, _mm_srli_si128(ql, 8), qh, _mm_srli_si128(qh, 8)};
             float* o = out + n * K + b * 32;
-            for (int j = 0; j < 16; j++) {
-                float lo = (float)(blk[4 + j] & 0x0F), hi = (float)(blk[4 + j] >> 4);
-                float a = d * lo, c = d * hi;
-                o[j] = a + m;
-                o[j + 16] = c + m;
+            for (int k = 0; k < 4; k++) {
+                __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[k]));
+                _mm256_storeu_ps(o + 8 * k, _mm256_add_ps(_mm256_mul_ps(d, q), m));
             }
         }
 }
@@ -150,9 +178,13 @@ void q8_0_dequantize(const uint8_t* w, float* out, long N, long K, int threads) 
     for (long n = 0; n < N; n++)
         for (long b = 0; b < nb; b++) {
             const uint8_t* blk = w + (n * nb + b) * 34;
-            float d = half(blk);
+            __m256 d = _mm256_set1_ps(half(blk));
             float* o = out + n * K + b * 32;
-            for (int j = 0; j < 32; j++) o[j] = (float)((const int8_t*)(blk + 2))[j] * d;
+            for (int k = 0; k < 4; k++) {
+                __m128i bytes = _mm_loadl_epi64((const __m128i*)(blk + 2 + 8 * k));
+                __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(q, d));
+            }
         }
 }
 """

@@ -41,14 +41,18 @@ class GenerationResult:
     completion_tokens: int
 
 
+def base_info(loaded: LoadedModel) -> BaseModelInfo:
+    """What an adapter must have been made for: this model, by any of the names it goes by."""
+    return BaseModelInfo.of(loaded.model, loaded.name, loaded.source.name,
+                            str(getattr(loaded.model, "name_or_path", "")))
+
+
 class LocalRuntime:
     """The shared local model, its adapters, and the batch scheduler that serves streaming replies."""
 
     def __init__(self, loaded: LoadedModel, settings: ModelSettings | None = None) -> None:
         self.loaded = loaded
-        base = BaseModelInfo.of(
-            loaded.model, loaded.name, loaded.source.name, str(getattr(loaded.model, "name_or_path", ""))
-        )
+        base = base_info(loaded)
         settings = settings or ModelSettings()
         self.native = loaded.engine == "native"
         # LoRA adapters beyond max_loaded_lora are unloaded least recently used first, except those that

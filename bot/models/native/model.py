@@ -213,9 +213,10 @@ class NativeLlama:
     # -- prefill ---------------------------------------------------------------------------------
 
     def forward(self, past: list[LayerKV] | None, loras: Sequence[str | None], embeds: Any, mask: Any | None,
-                positions: Any) -> tuple[Any, list[LayerKV]]:
+                positions: Any, *, every_position: bool = False) -> tuple[Any, list[LayerKV]]:
         """`embeds` [B, T, hidden] after `past` keys/values; `mask` [B, P + T] (1 = real, None: all
-        real); `positions` [B, T]. Returns (logits of the last position [B, vocab], keys/values per layer)."""
+        real); `positions` [B, T]. Returns (logits of the last position [B, vocab] -- of every position,
+        [B, T, vocab], with `every_position` -- and the keys/values of every layer)."""
         import torch
         import torch.nn.functional as F
 
@@ -269,6 +270,9 @@ class NativeLlama:
             if groups:
                 self._add_lora(down, act, groups, i, self._slices["down"])
             hidden = hidden + down.view(rows, length, -1)
+        if every_position:
+            normed = F.rms_norm(hidden, (s.hidden_size,), self.norm, s.rms_eps).reshape(rows * length, -1)
+            return self.head(normed.contiguous()).view(rows, length, -1), out_layers
         last = F.rms_norm(hidden[:, -1], (s.hidden_size,), self.norm, s.rms_eps).contiguous()
         return self.head(last), out_layers
 

@@ -3,7 +3,8 @@
     .venv/bin/python bench/vs_llamacpp.py [--threads 2] [--rounds 3] [--record]
     (llama.cpp side: pip install -e '.[bench]', which builds llama-cpp-python from source)
 
-Each round measures, alternating the engines so that a busy neighbour slows both alike:
+Each round measures, alternating the engines so that a busy neighbour slows both alike (llama.cpp runs
+in a process of its own, so neither engine's idle threads slow the other):
 
   decode, 1 conversation      tokens/s from the first to the last of --tokens greedy tokens
   8 conversations, aggregate  ours: 8 at once through the batch scheduler (llama-cpp-python serves one
@@ -128,7 +129,9 @@ class Ours:
             s.close()
 
 
-class LlamaCpp:
+class _LlamaCppModel:
+    """llama-cpp-python itself; lives in its own process (see LlamaCpp)."""
+
     def __init__(self, gguf: Path, threads: int) -> None:
         from llama_cpp import Llama
 
@@ -156,6 +159,49 @@ class LlamaCpp:
         for _ in self.llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             break
         return time.perf_counter() - started
+
+
+def _serve_llama(connection: Any, gguf: Path, threads: int) -> None:
+    try:
+        model = _LlamaCppModel(gguf, threads)
+    except ImportError as exc:
+        connection.send(exc)
+        return
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        method, *args = request
+        connection.send(getattr(model, method)(*args))
+
+
+class LlamaCpp:
+    """llama.cpp in a process of its own: in one process, whichever engine ran last left its thread
+    pool spinning or its OpenMP team behind, and the other's 2-thread decode measured ~1.8× slower."""
+
+    def __init__(self, gguf: Path, threads: int) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve_llama, args=(child, gguf, threads), daemon=True)
+        self._process.start()
+        answer = self._connection.recv()
+        if isinstance(answer, ImportError):
+            self._process.join()
+            raise answer
+
+    def _call(self, *request: Any) -> float:
+        self._connection.send(request)
+        return float(self._connection.recv())
+
+    def decode_rate(self, text: str, tokens: int) -> float:
+        return self._call("decode_rate", text, tokens)
+
+    def ttft_uncached(self, text: str) -> float:
+        return self._call("ttft_uncached", text)
+
+    def close(self) -> None:
+        self._connection.send(None)
+        self._process.join(timeout=10)
 
 
 def load_ours(config: str, threads: int, data_dir: Path) -> Ours:
@@ -213,6 +259,8 @@ def main() -> None:
             row.values[f"{tag} p95@8"] = asyncio.run(engine.ttft_p95_at_8())
         rounds.append(row)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.values.items()), flush=True)
+    if llama is not None:
+        llama.close()
     body = report(rounds, engines, llama is not None, prompt_tokens, args)
     print(body)
     if args.record:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,30 @@ def quantize_for_serving(loaded: LoadedModel, settings: ModelSettings, data_dir:
 
 def load_for_serving(settings: ModelSettings, data_dir: Path, adapters_dir: Path | None = None) -> LoadedModel:
     """The model as the bot serves it: `settings.engine` (auto: native when the model and every adapter
-    under `adapters_dir` fit, else transformers, with a log line), `settings.quantize` applied."""
+    under `adapters_dir` fit, else transformers, with a log line), `settings.quantize` applied.
+
+    Runs on a thread of its own that ends with the load: libgomp keeps an OpenMP team for every thread
+    that ever ran a parallel region (quantizing, concatenating weights), and with more team threads
+    alive than cores it stops spinning between regions -- the serving thread's 2-thread decode step then
+    measured 1.8× slower. Loading from a long-lived thread (an event loop's executor) would leave one."""
+    box: dict[str, Any] = {}
+
+    def load() -> None:
+        try:
+            box["loaded"] = _load_for_serving(settings, data_dir, adapters_dir)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=load, name="model-load")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    loaded: LoadedModel = box["loaded"]
+    return loaded
+
+
+def _load_for_serving(settings: ModelSettings, data_dir: Path, adapters_dir: Path | None) -> LoadedModel:
     from bot.models.native.config import NotNative
 
     if settings.engine != "transformers":

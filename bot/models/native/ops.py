@@ -42,6 +42,32 @@ static inline float dot(const float* a, const float* b, long n) {
 }
 static inline float mean_square(const float* x, long n) { return dot(x, x, n) / (float)n; }
 
+/* e^x for 8 floats (Cephes' expf: range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial,
+   ~1 ulp, as fast exps go); x <= -88 gives 0 (so -inf, a masked score, gives exactly 0). */
+static inline __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.0f);
+    __m256 zero = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 fx = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                              _mm256_set1_ps(0.5f)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(0.693359375f)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(y, x), x), x), _mm256_set1_ps(1.0f));
+    __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero, _mm256_mul_ps(y, _mm256_castsi256_ps(n)));
+}
+static inline float exp1(float x) {
+    float in[8] = {x}, out[8];
+    _mm256_storeu_ps(out, exp8(_mm256_loadu_ps(in)));
+    return out[0];
+}
+
 static void norm_row(const float* x, const float* w, float* out, long n, float eps) {
     float r = 1.0f / sqrtf(mean_square(x, n) + eps);
     for (long i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
@@ -103,7 +129,8 @@ void attend(const float* qkv, long stride, const float* kbuf, const float* vbuf,
         const float* keys = kbuf + (r * kv_heads + g) * cap * D;
         const float* values = vbuf + (r * kv_heads + g) * cap * D;
         const int64_t* m = mask + r * mask_stride;
-        float* p = malloc(sizeof(float) * (T > 0 ? T : 1));
+        long padded = (T + 7) & ~7L;
+        float* p = malloc(sizeof(float) * (padded > 0 ? padded : 8));
         for (long j = 0; j < group; j++) {
             long h = g * group + j;
             const float* q = qkv + r * stride + h * D;
@@ -112,16 +139,19 @@ void attend(const float* qkv, long stride, const float* kbuf, const float* vbuf,
                 p[t] = m[t] ? dot(q, keys + t * D, D) * scale : -INFINITY;
                 if (p[t] > top) top = p[t];
             }
-            float sum = 0.f;
-            for (long t = 0; t < T; t++) {
-                p[t] = m[t] ? expf(p[t] - top) : 0.f;
-                sum = sum + p[t];
+            for (long t = T; t < padded; t++) p[t] = -INFINITY;
+            __m256 vtop = _mm256_set1_ps(top), vsum = _mm256_setzero_ps();
+            for (long t = 0; t < padded; t += 8) {
+                __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + t), vtop));
+                _mm256_storeu_ps(p + t, e);
+                vsum = _mm256_add_ps(vsum, e);
             }
+            float inv = 1.0f / hsum(vsum);
             float* o = out + r * group * kv_heads * D + h * D;
             for (long i = 0; i < D; i++) o[i] = 0.f;
             for (long t = 0; t < T; t++) {
                 if (p[t] == 0.f) continue;
-                float w = p[t] / sum;
+                float w = p[t] * inv;
                 const float* v = values + t * D;
                 for (long i = 0; i < D; i++) o[i] = o[i] + w * v[i];
             }
@@ -130,17 +160,20 @@ void attend(const float* qkv, long stride, const float* kbuf, const float* vbuf,
     }
 }
 
-/* act = silu(gate) * up, gate/up the two halves of each row of gu */
+/* act = silu(gate) * up = (gate / (1 + e^-gate)) * up, gate/up the two halves of each row of gu */
 void silu_mul(const float* gu, float* act, long rows, long n) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
     for (long r = 0; r < rows; r++) {
         const float* g = gu + r * 2 * n;
         const float* u = g + n;
         float* a = act + r * n;
-        for (long i = 0; i < n; i++) {
-            float x = g[i];
-            float sig = 1.0f / (1.0f + expf(-x));
-            a[i] = (x * sig) * u[i];
+        long i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 x = _mm256_loadu_ps(g + i);
+            __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, exp8(_mm256_xor_ps(x, neg))));
+            _mm256_storeu_ps(a + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
         }
+        for (; i < n; i++) a[i] = (g[i] / (1.0f + exp1(-g[i]))) * u[i];
     }
 }
 """

@@ -83,7 +83,7 @@ class ModelSettings(BaseModel):
         default=512, ge=1, description="Local backend: memory cap of the prompt cache in MiB (LRU)."
     )
     fast_decode: bool = Field(
-        default=True, description="Local backend: decode steps without transformers' per-call overhead."
+        default=True, description="Local backend, transformers engine: decode steps without its per-call overhead."
     )
     engine: Literal["auto", "native", "transformers"] = Field(
         default="auto", description="Local backend: auto = the native Llama forward (no transformers/peft: fast "

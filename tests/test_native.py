@@ -158,7 +158,11 @@ def mixed_rows(loaded: LoadedModel, soft: SoftPrompt, names: dict[str, str]) -> 
 
 
 def with_loras(loaded: LoadedModel, adapters: dict[str, Any]) -> dict[str, str]:
-    bank = NativeAdapterBank(loaded.model, base_info(loaded))
+    from bot.adapters.spec import BaseModelInfo
+
+    # the adapters name the model by the path they were trained on (the test cache's)
+    trained_on = str(MODEL_CACHE / "models" / loaded.source.name)
+    bank = NativeAdapterBank(loaded.model, BaseModelInfo.of(loaded.model, loaded.name, trained_on))
     return {name: bank.ensure(adapter_dir(adapters, name)).name for name in ("one", "two")}
 
 
@@ -376,3 +380,52 @@ def test_an_architecture_the_native_forward_lacks_is_served_by_transformers(tmp_
                    {"attention_bias": True}, {"sliding_window": 4096}):
         with pytest.raises(NotNative):
             read_shape({**config, **change})
+
+
+# -- without a C compiler ---------------------------------------------------------------------------------
+
+
+async def test_without_a_compiler_the_native_engine_serves_float32_with_torch_operations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, adapters: dict[str, Any], reference_tokens: list[tuple[int, ...]]
+) -> None:
+    from bot.models import cbuild
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to((MODEL_CACHE / "models").resolve())  # the converted model, no kernels
+    monkeypatch.setattr(cbuild, "find_compiler", lambda: None)
+    loaded = load_native_model(ModelSettings(quantize="gguf"), data)
+    assert (loaded.model.weights, loaded.model.ops) == ("float32", None)
+    assert not (data / "kernels").exists() or not list((data / "kernels").iterdir())
+    rows = mixed_rows(loaded, adapters["soft"], with_loras(loaded, adapters))
+    assert await run_rows(loaded.model, loaded.tokenizer, rows) == reference_tokens
+
+
+@needs_compiler
+def test_the_c_operations_compute_what_torch_computes() -> None:
+    c = ops.load(MODEL_CACHE / "kernels")
+    assert c is not None
+    gen = torch.Generator().manual_seed(3)
+    rows, n = 3, 1536
+    gate_up = torch.randn(rows, 2 * n, generator=gen) * 4
+    act = torch.empty(rows, n)
+    c.silu_mul(gate_up.data_ptr(), act.data_ptr(), rows, n)
+    assert torch.allclose(act, torch.nn.functional.silu(gate_up[:, :n]) * gate_up[:, n:], rtol=1e-6, atol=1e-6)
+    hidden, weight, out = torch.randn(rows, 576, generator=gen), torch.randn(576, generator=gen), torch.empty(rows, 576)
+    c.rms_norm(hidden.data_ptr(), weight.data_ptr(), out.data_ptr(), rows, 576, 1e-5)
+    assert torch.allclose(out, torch.nn.functional.rms_norm(hidden, (576,), weight, 1e-5), rtol=1e-5, atol=1e-6)
+    # attention over a left-padded cache: padding columns get no weight
+    kv_heads, group, dim, length, capacity = 3, 3, 64, 7, 10
+    qkv = torch.randn(rows, (kv_heads * group + 2 * kv_heads) * dim, generator=gen)
+    keys, values = torch.randn(rows, kv_heads, capacity, dim, generator=gen), torch.randn(rows, kv_heads, capacity, dim,
+                                                                                        generator=gen)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[1, :3] = 0
+    attn = torch.empty(rows, kv_heads * group * dim)
+    c.attend(qkv.data_ptr(), qkv.shape[1], keys.data_ptr(), values.data_ptr(), capacity, length, mask.data_ptr(),
+             length, attn.data_ptr(), rows, kv_heads, group, dim, dim**-0.5, 1)
+    q = qkv[:, : kv_heads * group * dim].view(rows, kv_heads, group, dim)
+    scores = (q @ keys[:, :, :length].transpose(-1, -2)) * dim**-0.5
+    scores = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    expected = (torch.softmax(scores, dim=-1) @ values[:, :, :length]).reshape(rows, -1)
+    assert torch.allclose(attn, expected, rtol=1e-5, atol=1e-5)

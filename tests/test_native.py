@@ -191,26 +191,30 @@ async def test_native_float32_gives_transformers_tokens_for_base_lora_and_soft_p
 
 @needs_compiler
 def test_gguf_blocks_are_the_float32_reference_weights_bit_for_bit(local_model: LoadedModel) -> None:
-    from bot.models.native.gguf_blocks import dequantize
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    from bot.models.qkernel import blocks_of
 
     model = native("gguf").model
     assert model.weights == "gguf"
     reference = dict(local_model.model.named_parameters())
     layer = model.layers[7]
-    q, kv = model.shape.q_size, model.shape.kv_size
     for linear, names in [(layer.qkv, ["q_proj", "k_proj", "v_proj"]), (layer.o, ["o_proj"])]:
         weights = torch.cat([reference[f"model.layers.7.self_attn.{n}.weight"] for n in names])
-        assert torch.equal(linear.dequantized(), weights)  # the C dequantizer
-        assert torch.equal(torch.from_numpy(dequantize(linear.kind, linear.blocks.numpy(), linear.in_features)),
-                           weights)  # gguf-py's formula
+        assert linear.kind == "q4_1"
+        assert torch.equal(linear.dequantized(), weights)  # the C dequantizer, from the planes
+        raw = blocks_of(linear.planes).numpy()  # the GGUF's own bytes again
+        assert torch.equal(torch.from_numpy(gguf_dequantize(raw, GGMLQuantizationType.Q4_1)), weights)  # gguf-py
         x = torch.randn(5, linear.in_features, generator=torch.Generator().manual_seed(1))
         out = linear(x)
         assert torch.allclose(out, x @ weights.T, rtol=1e-5, atol=1e-5)
         for i in range(5):  # a row's result never depends on the rows next to it
             assert torch.equal(linear(x[i : i + 1].contiguous())[0], out[i])
-    assert q + 2 * kv == layer.qkv.out_features
     head = reference["model.embed_tokens.weight"]  # tied: the head is the GGUF's Q8_0 token embeddings
     assert model.head.kind == "q8_0" and torch.equal(model.head.dequantized(), head)
+    raw = blocks_of(model.head.planes).numpy()
+    assert torch.equal(torch.from_numpy(gguf_dequantize(raw, GGMLQuantizationType.Q8_0)), head)
 
 
 @needs_compiler

@@ -6,7 +6,9 @@ Reads each weight's raw blocks (Q4_1 or Q8_0) from the GGUF with the `gguf` pack
 q/k projections back in transformers' order (llama.cpp's converter permutes them for its rotary
 layout, and transformers' loader undoes it), and checks that the blocks dequantize BIT FOR BIT to the
 float32 reference weights in the converted model (`model.safetensors`). Only then are they written
-(`gguf-blocks.safetensors`, uint8 [rows, blocks × block bytes] per projection, kinds in the metadata).
+(`gguf-blocks.safetensors`: per projection the blocks' bytes as planes -- `<name>.qs` values, `.d`
+scales, `.m` minimums, see bot.models.qkernel.Planes --, projections that read the same input fused,
+kinds in the metadata).
 So the 4-bit path computes with exactly the reference's weights; any tensor of another block type,
 or one that does not match, makes the whole model use int8 instead (the reason is returned).
 """
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 BLOCKS_FILE = "gguf-blocks.safetensors"
 #: Changes when what the cache holds changes (an older cache is extracted again).
-LAYOUT = "fused-1"
+LAYOUT = "planes-1"
 _GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                "mlp.down_proj": "ffn_down"}
@@ -78,16 +80,17 @@ def extract_blocks(gguf_path: Path, shape: LlamaShape, reference_dir: Path, targ
     from safetensors.torch import save_file
 
     reader = GGUFReader(str(gguf_path))
-    tensors = {t.name: t for t in reader.tensors}
+    in_file = {t.name: t for t in reader.tensors}
     files = _reference(reference_dir)
     wanted = [(f"model.layers.{i}.{name}", f"blk.{i}.{gguf}.weight", shape.linear_shapes()[name][0])
               for i in range(shape.num_layers) for name, gguf in _GGUF_NAMES.items()]
-    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    head = "output.weight" if "output.weight" in in_file else "token_embd.weight"
     wanted.append(("lm_head", head, shape.hidden_size))
+    from bot.models.qkernel import planes_of
+
     out: dict[str, Any] = {}
-    kinds: dict[str, str] = {}
     for name, gguf_name, fan_in in wanted:
-        tensor = tensors.get(gguf_name)
+        tensor = in_file.get(gguf_name)
         if tensor is None:
             return f"{gguf_name} is not in the GGUF"
         kind = KINDS.get(tensor.tensor_type.name)
@@ -108,11 +111,17 @@ def extract_blocks(gguf_path: Path, shape: LlamaShape, reference_dir: Path, targ
         if reference.shape != (blocks.shape[0], fan_in) or not np.array_equal(dequantize(kind, blocks, fan_in),
                                                                                reference):
             return f"{gguf_name} does not dequantize to the reference weights {reference_name}"
-        out[name] = torch.from_numpy(np.array(blocks, copy=True))
-        kinds[name] = kind
-    _fuse(out, kinds, shape.num_layers)
+        out[name] = planes_of(kind, torch.from_numpy(np.array(blocks, copy=True)), fan_in)
+    _fuse(out, shape.num_layers)
+    tensors: dict[str, Any] = {}
+    for name, planes in out.items():
+        tensors[f"{name}.qs"], tensors[f"{name}.d"] = planes.qs, planes.d
+        if planes.m is not None:
+            tensors[f"{name}.m"] = planes.m
+    metadata = {"kinds": json.dumps({n: p.kind for n, p in out.items()}), "layout": LAYOUT,
+                "in_features": json.dumps({n: p.in_features for n, p in out.items()}), "source": gguf_path.name}
     tmp = target.with_name(target.name + ".tmp")
-    save_file(out, str(tmp), metadata={"kinds": json.dumps(kinds), "source": gguf_path.name, "layout": LAYOUT})
+    save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(target)
     log.info("cached the GGUF's own blocks of %d weights in %s", len(out), target)
     return None
@@ -122,27 +131,27 @@ FUSED = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
          "gate_up": ("mlp.gate_proj", "mlp.up_proj")}
 
 
-def _fuse(blocks: dict[str, Any], kinds: dict[str, str], layers: int) -> None:
+def _fuse(planes: dict[str, Any], layers: int) -> None:
     """Stack the rows of projections that read the same input, as the native forward calls them
     (one matrix, one kernel call), when they share a block type."""
-    import torch
+    from bot.models.qkernel import fuse_planes
 
     for i in range(layers):
         for fused, parts in FUSED.items():
             names = [f"model.layers.{i}.{p}" for p in parts]
-            if len({kinds[n] for n in names}) == 1:
-                blocks[f"model.layers.{i}.{fused}"] = torch.cat([blocks.pop(n) for n in names])
-                kinds[f"model.layers.{i}.{fused}"] = kinds[names[0]]
-                for n in names:
-                    del kinds[n]
+            if len({planes[n].kind for n in names}) == 1:
+                planes[f"model.layers.{i}.{fused}"] = fuse_planes([planes.pop(n) for n in names])
 
 
-def read_blocks(file: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(name -> uint8 blocks, name -> kind) from a cache written by `extract_blocks`; projections that
-    share an input are stored fused ("<layer>.qkv", "<layer>.gate_up"), their kind under that name too."""
+def read_blocks(file: Path) -> dict[str, Any]:
+    """name -> qkernel.Planes from a cache written by `extract_blocks` (fused projections under
+    "<layer>.qkv" / "<layer>.gate_up")."""
+    from bot.models.qkernel import Planes
     from bot.models.tensorfile import read_file
 
     tensors, metadata = read_file(file)
     if metadata.get("layout") != LAYOUT:
         raise ValueError(f"block cache layout {metadata.get('layout')!r}, expected {LAYOUT!r}")
-    return tensors, json.loads(metadata["kinds"])
+    kinds, widths = json.loads(metadata["kinds"]), json.loads(metadata["in_features"])
+    return {name: Planes(kind, tensors[f"{name}.qs"], tensors[f"{name}.d"], tensors.get(f"{name}.m"), widths[name])
+            for name, kind in kinds.items()}

@@ -95,14 +95,14 @@ class Int8Linear:
 
 
 class BlockLinear:
-    """A GGUF's own quantized blocks [N, K/32 * block bytes] (bot.models.qkernel): Q4_1 or Q8_0."""
+    """A GGUF's own quantized blocks (Q4_1 or Q8_0) as planes (bot.models.qkernel)."""
 
-    def __init__(self, kind: str, blocks: Any, in_features: int, kernel: Any) -> None:
-        self.kind, self.blocks, self.kernel = kind, blocks.contiguous(), kernel
-        self.in_features, self.out_features = in_features, int(self.blocks.shape[0])
+    def __init__(self, planes: Any, kernel: Any) -> None:
+        self.planes, self.kernel = planes, kernel
+        self.kind, self.in_features, self.out_features = planes.kind, planes.in_features, planes.rows
 
     def dequantized(self, out: Any = None) -> Any:
-        return self.kernel.dequantize(self.kind, self.blocks, self.in_features, out)
+        return self.kernel.dequantize(self.planes, out)
 
     def __call__(self, x: Any, out: Any = None) -> Any:
         import torch
@@ -112,11 +112,11 @@ class BlockLinear:
             return torch.mm(x, weight.t(), out=out) if out is not None else torch.mm(x, weight.t())
         if out is None:
             out = torch.empty((x.shape[0], self.out_features), dtype=torch.float32)
-        return self.kernel.matmul(self.kind, x, self.blocks, out)
+        return self.kernel.matmul(self.planes, x, out)
 
     @property
     def nbytes(self) -> int:
-        return int(self.blocks.nbytes)
+        return int(self.planes.nbytes)
 
 
 def fuse(parts: list[Any]) -> Any:
@@ -131,4 +131,6 @@ def fuse(parts: list[Any]) -> Any:
         return DenseLinear(torch.cat([p.weight for p in parts]))
     if isinstance(first, Int8Linear):
         return Int8Linear(torch.cat([p.qweight for p in parts]), torch.cat([p.scales for p in parts]), first.kernel)
-    return BlockLinear(first.kind, torch.cat([p.blocks for p in parts]), first.in_features, first.kernel)
+    from bot.models.qkernel import fuse_planes
+
+    return BlockLinear(fuse_planes([p.planes for p in parts]), first.kernel)

@@ -110,21 +110,19 @@ def _gguf_linears(shape: LlamaShape, reference: _Reference, caches: NativeCaches
             log.warning("serving int8 weights: the GGUF's own blocks cannot be used (%s)", problem)
             return None
     try:
-        blocks, kinds = read_blocks(caches.blocks)
+        planes = read_blocks(caches.blocks)
     except Exception as exc:  # a torn, foreign or older file: extract again (if the GGUF is there)
         log.warning("ignoring the GGUF block cache %s: %s", caches.blocks, exc)
         caches.blocks.unlink(missing_ok=True)
         if caches.gguf is None:
             return None
         return _gguf_linears(shape, reference, caches, names)
-    fan_in = {f"model.layers.{i}.{p}": shape.linear_shapes()[p][0] for i in range(shape.num_layers)
-              for p in PROJECTIONS} | {"lm_head": shape.hidden_size}
-    for i in range(shape.num_layers):
-        fan_in[f"model.layers.{i}.qkv"] = fan_in[f"model.layers.{i}.gate_up"] = shape.hidden_size
-    if set(blocks) - set(fan_in) or set(blocks) != set(kinds):
-        log.warning("ignoring a GGUF block cache of another layout: %s", caches.blocks)
+    fused = {f"model.layers.{i}.{group}" for i in range(shape.num_layers) for group in ("qkv", "gate_up")}
+    expected = set(names) | fused
+    if set(planes) - expected:
+        log.warning("ignoring a GGUF block cache of another model: %s", caches.blocks)
         return None
-    return {name: BlockLinear(kinds[name], tensor, fan_in[name], kernel) for name, tensor in blocks.items()}
+    return {name: BlockLinear(p, kernel) for name, p in planes.items()}
 
 
 def _int8_linears(shape: LlamaShape, reference: _Reference, caches: NativeCaches, names: list[str]

@@ -90,7 +90,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     tokenizer = None
     for kind in ("none", "int8", "gguf"):
-        model_settings = ModelSettings(quantize=kind)  # type: ignore[arg-type]
+        model_settings = ModelSettings(quantize=kind)
         if kind == "gguf":
             loaded = load_native_model(model_settings, data_dir)
         else:

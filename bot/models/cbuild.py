@@ -47,7 +47,9 @@ def build(name: str, source: str, flags: list[str], cache_dir: Path) -> ctypes.C
         try:
             _compile(compiler, source, flags, target)
         except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("could not build the %s kernel (%s); not using it", name, exc)
+            detail = getattr(exc, "stderr", b"") or b""
+            log.warning("could not build the %s kernel (%s%s); not using it", name, exc,
+                        f": {detail.decode(errors='replace').strip()[-500:]}" if detail else "")
             return None
     try:
         return ctypes.CDLL(str(target))

@@ -143,6 +143,7 @@ class NativeLlama:
         self._buffers: dict[int, _Buffers] = {}
         self.scale = self.shape.head_dim**-0.5
         self._slices = _slices(self.shape)
+        self._descs: Any = None
         s = self.shape
         # what the rest of the bot reads of a transformers model (BaseModelInfo, eos tokens)
         self.config = SimpleNamespace(architectures=[s.architecture], model_type=s.model_type,
@@ -305,6 +306,18 @@ class NativeLlama:
         x = F.rms_norm(hidden, (s.hidden_size,), self.norm, s.rms_eps)
         return self.head(x, buf.logits)
 
+    def _layer_descs(self) -> Any:
+        """The layers as the C step reads them (GGUF-block weights only; None otherwise), built once."""
+        if self._descs is None:
+            from bot.models.native.linear import BlockLinear
+
+            linears = [(layer.qkv, layer.o, layer.gate_up, layer.down) for layer in self.layers]
+            if all(isinstance(m, BlockLinear) for group in linears for m in group):
+                self._descs = self.ops.layer_descs(self.layers)
+            else:
+                self._descs = False
+        return self._descs or None
+
     def _decode_layers_c(self, cache: Any, hidden: Any, buf: _Buffers, mask: Any, positions: Any,
                          groups: LoraGroups) -> None:
         """Every layer of a decode step with the C operations; ends with the final norm in `buf.x`."""
@@ -319,6 +332,20 @@ class NativeLlama:
         width = s.q_size + 2 * s.kv_size
         h, x, qkv, attn = hidden.data_ptr(), buf.x.data_ptr(), buf.qkv.data_ptr(), buf.attn.data_ptr()
         group = s.num_heads // s.num_kv_heads
+        descs = None if groups else self._layer_descs()
+        if descs is not None:  # one call for every layer (no LoRA row in this step)
+            slots = [kv.slot() for kv in cache.layers]
+            keys = ops.pointers([k.data_ptr() for k, _, _ in slots])
+            values = ops.pointers([v.data_ptr() for _, v, _ in slots])
+            capacity, at = slots[0][0].shape[-2], slots[0][2]
+            ops.decode_layers(descs, len(self.layers), keys, values, capacity, at, h, x, qkv, attn,
+                              buf.o.data_ptr(), buf.gate_up.data_ptr(), buf.act.data_ptr(), buf.down.data_ptr(),
+                              self.norm.data_ptr(), mask.data_ptr(), mask.shape[1], pos.data_ptr(), cos.data_ptr(),
+                              sin.data_ptr(), rows, s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim,
+                              s.intermediate_size, s.rms_eps, self.scale, threads)
+            for kv in cache.layers:
+                kv.commit()
+            return
         ops.rms_norm(h, self.layers[0].attn_norm.data_ptr(), x, rows, s.hidden_size, s.rms_eps)
         last = len(self.layers) - 1
         for i, (layer, kv) in enumerate(zip(self.layers, cache.layers, strict=True)):

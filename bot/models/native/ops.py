@@ -8,8 +8,11 @@ the same formulas as transformers' Llama where the numbers could tell (RMSNorm a
 rsqrt(mean(x²) + eps)), rotary as x·cos + rotate_half(x)·sin; multiplies and adds are not fused,
 -ffp-contract=off). Rows are independent: a row's numbers never depend on the batch.
 
-Built like the matmul kernels (`bot.models.cbuild`); `load()` returns None where it cannot be built,
-and the model then runs the same step with torch operations.
+`decode_layers` runs every layer of a decode step in one call when the weights are GGUF blocks and no
+row uses a LoRA (the common case): the same calls in the same order as the Python loop, without ~300
+calls through ctypes. Built like the matmul kernels (`bot.models.cbuild`, with them compiled in);
+`load()` returns None where it cannot be built, and the model then runs the same step with torch
+operations.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from pathlib import Path
+from typing import Any
 
 from bot.models import cbuild
 
@@ -26,7 +30,7 @@ SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 
-static inline float hsum(__m256 v) {
+static inline float ops_hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -36,7 +40,7 @@ static inline float dot(const float* a, const float* b, long n) {
     __m256 acc = _mm256_setzero_ps();
     long i = 0;
     for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    float s = hsum(acc);
+    float s = ops_hsum(acc);
     for (; i < n; i++) s = s + a[i] * b[i];
     return s;
 }
@@ -146,7 +150,7 @@ void attend(const float* qkv, long stride, const float* kbuf, const float* vbuf,
                 _mm256_storeu_ps(p + t, e);
                 vsum = _mm256_add_ps(vsum, e);
             }
-            float inv = 1.0f / hsum(vsum);
+            float inv = 1.0f / ops_hsum(vsum);
             float* o = out + r * group * kv_heads * D + h * D;
             for (long i = 0; i < D; i++) o[i] = 0.f;
             for (long t = 0; t < T; t++) {
@@ -176,9 +180,48 @@ void silu_mul(const float* gu, float* act, long rows, long n) {
         for (; i < n; i++) a[i] = (g[i] / (1.0f + exp1(-g[i]))) * u[i];
     }
 }
+
+/* ---- a whole decode step over GGUF-block weights (the default), for batches without LoRA rows ---- */
+
+typedef struct { const uint8_t* qs; const uint16_t* d; const uint16_t* m; long rows; long kind; } planes_t;
+typedef struct { const float* attn_norm; const float* mlp_norm; planes_t qkv, o, gate_up, down; } layer_t;
+
+void q4_1_matmul(const float*, const uint8_t*, const uint16_t*, const uint16_t*, float*, long, long, long, int);
+void q8_0_matmul(const float*, const uint8_t*, const uint16_t*, const uint16_t*, float*, long, long, long, int);
+
+static void matmul_planes(const planes_t* p, const float* x, float* y, long M, long K, int threads) {
+    if (p->kind == 0) q4_1_matmul(x, p->qs, p->d, p->m, y, M, p->rows, K, threads);
+    else q8_0_matmul(x, p->qs, p->d, p->m, y, M, p->rows, K, threads);
+}
+
+/* Every layer of one decode step, exactly the sequence the model's Python loop makes of the calls above;
+   ends with the final norm of the hidden states in x. kbufs/vbufs: each layer's cache buffers
+   [rows, kv_heads, cap, D], the new position written at column `at`. */
+void decode_layers(const layer_t* layers, long n_layers, float* const* kbufs, float* const* vbufs, long cap,
+                   long at, float* h, float* x, float* qkv, float* attn, float* o, float* gu, float* act,
+                   float* down, const float* final_norm, const int64_t* mask, long mask_stride,
+                   const int64_t* pos, const float* cos_t, const float* sin_t, long rows, long hidden, long heads,
+                   long kv_heads, long D, long inter, float eps, float scale, int threads) {
+    long width = (heads + 2 * kv_heads) * D;
+    rms_norm(h, layers[0].attn_norm, x, rows, hidden, eps);
+    for (long i = 0; i < n_layers; i++) {
+        const layer_t* L = layers + i;
+        matmul_planes(&L->qkv, x, qkv, rows, hidden, threads);
+        rope_store(qkv, width, heads, kv_heads, D, cos_t, sin_t, pos, kbufs[i], vbufs[i], cap, at, rows);
+        attend(qkv, width, kbufs[i], vbufs[i], cap, at + 1, mask, mask_stride, attn, rows, kv_heads,
+               heads / kv_heads, D, scale, threads);
+        matmul_planes(&L->o, attn, o, rows, heads * D, threads);
+        add_rms_norm(h, o, hidden, L->mlp_norm, x, rows, hidden, eps);
+        matmul_planes(&L->gate_up, x, gu, rows, hidden, threads);
+        silu_mul(gu, act, rows, inter);
+        matmul_planes(&L->down, act, down, rows, inter, threads);
+        add_rms_norm(h, down, hidden, i + 1 < n_layers ? layers[i + 1].attn_norm : final_norm, x, rows, hidden,
+                     eps);
+    }
+}
 """
 
-FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-lm"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-lm"]
 
 _P = ctypes.c_void_p
 _L = ctypes.c_long
@@ -190,6 +233,20 @@ _SIGNATURES = {
     "attend": [_P, _L, _P, _P, _L, _L, _P, _L, _P, _L, _L, _L, _L, _F, ctypes.c_int],
     "silu_mul": [_P, _P, _L, _L],
 }
+
+
+class Planes(ctypes.Structure):
+    _fields_ = [("qs", _P), ("d", _P), ("m", _P), ("rows", _L), ("kind", _L)]
+
+
+class LayerDesc(ctypes.Structure):
+    _fields_ = [("attn_norm", _P), ("mlp_norm", _P), ("qkv", Planes), ("o", Planes), ("gate_up", Planes),
+                ("down", Planes)]
+
+
+_SIGNATURES["decode_layers"] = [ctypes.POINTER(LayerDesc), _L, ctypes.POINTER(_P), ctypes.POINTER(_P), _L, _L,
+                                _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _L, _P, _P, _P, _L, _L, _L, _L, _L, _L, _F,
+                                _F, ctypes.c_int]
 
 
 class NativeOps:
@@ -204,6 +261,27 @@ class NativeOps:
         self.rope_store = library.rope_store
         self.attend = library.attend
         self.silu_mul = library.silu_mul
+        self.decode_layers = library.decode_layers
+
+    @staticmethod
+    def pointers(values: list[int]) -> Any:
+        return (_P * len(values))(*values)
+
+    @staticmethod
+    def layer_descs(layers: list[Any]) -> Any:
+        """A C array describing the layers (their norms and GGUF-block planes); the tensors it points
+        into belong to the model, which outlives it."""
+
+        def planes(linear: Any) -> Planes:
+            p = linear.planes
+            return Planes(p.qs.data_ptr(), p.d.data_ptr(), p.m_ptr, p.rows, 0 if p.kind == "q4_1" else 1)
+
+        descs = (LayerDesc * len(layers))()
+        for desc, layer in zip(descs, layers, strict=True):
+            desc.attn_norm, desc.mlp_norm = layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()
+            desc.qkv, desc.o = planes(layer.qkv), planes(layer.o)
+            desc.gate_up, desc.down = planes(layer.gate_up), planes(layer.down)
+        return descs
 
 
 _LOCK = threading.Lock()
@@ -211,9 +289,11 @@ _LOADED: dict[Path, NativeOps | None] = {}
 
 
 def load(cache_dir: Path) -> NativeOps | None:
+    from bot.models import qkernel
+
     cache_dir = cache_dir.expanduser().resolve()
     with _LOCK:
-        if cache_dir not in _LOADED:
-            library = cbuild.build("native-ops", SOURCE, FLAGS, cache_dir)
+        if cache_dir not in _LOADED:  # the block kernels are compiled in too, for decode_layers
+            library = cbuild.build("native-ops", qkernel.SOURCE + SOURCE, FLAGS, cache_dir)
             _LOADED[cache_dir] = None if library is None else NativeOps(library)
         return _LOADED[cache_dir]

@@ -9,8 +9,10 @@ paths taking turns (one step each, round robin) so a busy neighbour slows all al
 fastest and the median step, and each part's share of the step (torch profiler, self time by op,
 grouped): weight matrix multiplies (MKL sgemm/gemv, or the int8 / 4-bit kernels), attention, copies and
 KV bookkeeping (cat/copy/index/slice), the native engine's C operations (norms, rotary, attention,
-SiLU in one call each), the rest of the ATen ops (norms, rotary, activations, adds), and Python (wall
-time not spent inside any of those: module calls, argument handling, bookkeeping).
+SiLU in one call each; used when a row has a LoRA), its whole-step C call (every layer: weights,
+norms, attention -- the default when no row has a LoRA), the rest of the ATen ops (norms, rotary,
+activations, adds), and Python (wall time not spent inside any of those: module calls, argument
+handling, bookkeeping).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bot.settings import ModelSettings  # noqa: E402
 GROUPS = {
     "weights": ("aten::mm", "aten::addmm", "aten::linear", "int8_matmul", "block_matmul"),
     "C ops": ("native_ops",),
+    "C layers": ("native_layers",),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::_softmax",
                   "aten::matmul"),
     "copies / KV": ("aten::cat", "aten::copy_", "aten::index_select", "aten::slice", "aten::narrow",
@@ -123,8 +126,8 @@ def main() -> None:
     lines = [f"Command: `.venv/bin/python bench/decode_profile.py --threads {args.threads} --rows {args.rows} "
              f"--positions {args.positions} --steps {args.steps}{' --record' if args.record else ''}` "
              f"(one decode step; {args.positions} cached positions per row)", "",
-             "| rows | path | step, fastest | step, median | weights | attention | copies / KV | C ops | other ops "
-             "| Python |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| rows | path | step, fastest | step, median | weights | attention | copies / KV | C ops | C layers "
+             "| other ops | Python |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows in (int(r) for r in args.rows.split(",")):
         paths = [Path_("transformers forward, float32 (reference)", reference, rows, args.positions, "forward"),
                  Path_(f"transformers fast decoder, {quantized.weights} (before)", quantized.model, rows,
@@ -141,7 +144,7 @@ def main() -> None:
         for path in paths:
             share = shares(path, max(5, args.steps // 4))
             cells = " | ".join(f"{share.get(g, 0.0) * 100:.0f}%" for g in
-                               ("weights", "attention", "copies / KV", "C ops", "other ops", "Python"))
+                               ("weights", "attention", "copies / KV", "C ops", "C layers", "other ops", "Python"))
             lines.append(f"| {rows} | {path.label} | {min(path.times) * 1000:.1f} ms | "
                          f"{statistics.median(path.times) * 1000:.1f} ms | {cells} |")
         for before in paths[:2]:
@@ -149,7 +152,7 @@ def main() -> None:
             lines.append(f"| {rows} | **native vs {before.label.split(',')[0]}** | "
                          f"**{min(before.times) / min(after.times):.2f}×** | "
                          f"{statistics.median(before.times) / statistics.median(after.times):.2f}× (median) "
-                         "| | | | | | |")
+                         "| | | | | | | |")
     lines += ["", machine_line()]
     body = "\n".join(lines) + "\n"
     print(body)
@@ -172,6 +175,7 @@ def label_kernels(native: Any) -> None:
     if native.ops is not None:
         for name in ("rms_norm", "add_rms_norm", "rope_store", "attend", "silu_mul"):
             setattr(native.ops, name, labelled("native_ops", getattr(native.ops, name)))
+        native.ops.decode_layers = labelled("native_layers", native.ops.decode_layers)
 
 
 if __name__ == "__main__":

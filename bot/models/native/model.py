@@ -102,25 +102,44 @@ def _rotate_half(x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class _Buffers:
-    """A decode step's activations for one batch size, allocated once."""
+@dataclass
+class _Step:
+    """A decode step's activation buffers for its number of rows."""
 
-    def __init__(self, shape: LlamaShape, rows: int) -> None:
+    hidden: Any
+    qkv: Any
+    o: Any
+    gate_up: Any
+    act: Any
+    down: Any
+    logits: Any
+    x: Any  # a layer's normalized input
+    attn: Any
+    tokens: Any
+
+
+class _Buffers:
+    """Activation buffers allocated for the largest batch seen so far; a step of `rows` rows uses the
+    first `rows` rows of each (a row-major slice: contiguous, no copy)."""
+
+    def __init__(self, shape: LlamaShape, capacity: int) -> None:
         import torch
 
-        def empty(*size: int) -> Any:
-            return torch.empty(size, dtype=torch.float32)
+        self.capacity = capacity
+        widths = {"hidden": shape.hidden_size, "qkv": shape.q_size + 2 * shape.kv_size, "o": shape.hidden_size,
+                  "gate_up": 2 * shape.intermediate_size, "act": shape.intermediate_size,
+                  "down": shape.hidden_size, "logits": shape.vocab_size, "x": shape.hidden_size,
+                  "attn": shape.q_size}
+        self._full = {name: torch.empty((capacity, width), dtype=torch.float32) for name, width in widths.items()}
+        self._tokens = torch.empty(capacity, dtype=torch.long)
+        self._views: dict[int, _Step] = {}
 
-        self.hidden = empty(rows, shape.hidden_size)
-        self.qkv = empty(rows, shape.q_size + 2 * shape.kv_size)
-        self.o = empty(rows, shape.hidden_size)
-        self.gate_up = empty(rows, 2 * shape.intermediate_size)
-        self.act = empty(rows, shape.intermediate_size)
-        self.down = empty(rows, shape.hidden_size)
-        self.logits = empty(rows, shape.vocab_size)
-        self.tokens = torch.empty(rows, dtype=torch.long)
-        self.x = empty(rows, shape.hidden_size)  # a layer's normalized input
-        self.attn = empty(rows, shape.q_size)
+    def rows(self, rows: int) -> _Step:
+        view = self._views.get(rows)
+        if view is None:
+            view = self._views[rows] = _Step(**{name: full[:rows] for name, full in self._full.items()},
+                                             tokens=self._tokens[:rows])
+        return view
 
 
 @dataclass
@@ -140,7 +159,7 @@ class NativeLlama:
 
     def __post_init__(self) -> None:
         self._rope = _Rope(self.shape.head_dim, self.shape.rope_theta)
-        self._buffers: dict[int, _Buffers] = {}
+        self._buffers: _Buffers | None = None
         self.scale = self.shape.head_dim**-0.5
         self._slices = _slices(self.shape)
         self._descs: Any = None
@@ -288,9 +307,9 @@ class NativeLlama:
 
         s = self.shape
         rows = len(tokens)
-        buf = self._buffers.get(rows)
-        if buf is None:
-            buf = self._buffers[rows] = _Buffers(s, rows)
+        if self._buffers is None or self._buffers.capacity < rows:
+            self._buffers = _Buffers(s, rows)
+        buf = self._buffers.rows(rows)
         buf.tokens.copy_(torch.tensor(tokens, dtype=torch.long))
         hidden = torch.index_select(self.embed, 0, buf.tokens, out=buf.hidden)
         cos, _, sin_signed = self._rope.at(positions[:, 0])  # [rows, D]
@@ -318,7 +337,7 @@ class NativeLlama:
                 self._descs = False
         return self._descs or None
 
-    def _decode_layers_c(self, cache: Any, hidden: Any, buf: _Buffers, mask: Any, positions: Any,
+    def _decode_layers_c(self, cache: Any, hidden: Any, buf: _Step, mask: Any, positions: Any,
                          groups: LoraGroups) -> None:
         """Every layer of a decode step with the C operations; ends with the final norm in `buf.x`."""
         import torch
@@ -374,7 +393,7 @@ class NativeLlama:
             ops.add_rms_norm(h, buf.down.data_ptr(), s.hidden_size, norm.data_ptr(), x, rows, s.hidden_size,
                              s.rms_eps)
 
-    def _decode_layer(self, i: int, layer: Layer, kv: Any, hidden: Any, buf: _Buffers, cos: Any,
+    def _decode_layer(self, i: int, layer: Layer, kv: Any, hidden: Any, buf: _Step, cos: Any,
                       sin_signed: Any, bias: Any, groups: LoraGroups) -> None:
         import torch
         import torch.nn.functional as F

@@ -1,13 +1,18 @@
-"""Where a decode step's time goes: transformers' forward (before) vs the fast decoder, float32 and int8.
+"""Where a decode step's time goes: transformers' forward (the float32 reference), the transformers fast
+decoder with int8 weights (the serving default before the native engine), and the native engine with
+the GGUF's own 4-bit blocks (the default now).
 
     .venv/bin/python bench/decode_profile.py [--threads 1] [--rows 1,8] [--steps 20] [--record]
 
 One prefilled batch (--positions tokens per row) is advanced step by step through each path, the
 paths taking turns (one step each, round robin) so a busy neighbour slows all alike. Reports the
 fastest and the median step, and each part's share of the step (torch profiler, self time by op,
-grouped): weight matrix multiplies (MKL sgemm/gemv, or the int8 kernel), attention, copies and KV
-bookkeeping (cat/copy/index/slice), the rest of the ATen ops (norms, rotary, activations, adds), and
-Python (wall time not spent inside any op: module calls, argument handling, bookkeeping).
+grouped): weight matrix multiplies (MKL sgemm/gemv, or the int8 / 4-bit kernels), attention, copies and
+KV bookkeeping (cat/copy/index/slice), the native engine's C operations (norms, rotary, attention,
+SiLU in one call each; used when a row has a LoRA), its whole-step C call (every layer: weights,
+norms, attention -- the default when no row has a LoRA), the rest of the ATen ops (norms, rotary,
+activations, adds), and Python (wall time not spent inside any of those: module calls, argument
+handling, bookkeeping).
 """
 
 from __future__ import annotations
@@ -24,15 +29,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import machine_line, record_section  # noqa: E402
-from bot.models import w8kernel  # noqa: E402
+from bot.models import qkernel, w8kernel  # noqa: E402
 from bot.models.batching import forward  # noqa: E402
 from bot.models.batching.decode import FastDecoder  # noqa: E402
-from bot.models.batching.kv import BatchState, new_cache  # noqa: E402
-from bot.models.local_loader import load_local_model, quantize_for_serving  # noqa: E402
+from bot.models.batching.kv import BatchState, PlainCaches, TransformersCaches, new_cache  # noqa: E402
+from bot.models.local_loader import load_local_model, load_native_model, quantize_for_serving  # noqa: E402
 from bot.settings import ModelSettings  # noqa: E402
 
 GROUPS = {
-    "weights": ("aten::mm", "aten::addmm", "aten::linear", "int8_matmul"),
+    "weights": ("aten::mm", "aten::addmm", "aten::linear", "int8_matmul", "block_matmul"),
+    "C ops": ("native_ops",),
+    "C layers": ("native_layers",),
     "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::_softmax",
                   "aten::matmul"),
     "copies / KV": ("aten::cat", "aten::copy_", "aten::index_select", "aten::slice", "aten::narrow",
@@ -45,18 +52,25 @@ GROUPS = {
 class Path_:
     """One way of running a decode step on its own copy of the prefilled batch."""
 
-    def __init__(self, label: str, model: Any, rows: int, positions: int, fast: bool) -> None:
+    def __init__(self, label: str, model: Any, rows: int, positions: int, kind: str) -> None:
         import torch
 
-        self.label, self.model, self.rows = label, model, rows
+        self.label, self.model, self.rows, self.kind = label, model, rows, kind
         ids = torch.randint(100, 2000, (rows, positions), generator=torch.Generator().manual_seed(0))
-        cache = new_cache(model.config)
+        mask = torch.ones((rows, positions), dtype=torch.long)
         with torch.inference_mode():
-            model(input_ids=ids, use_cache=True, **{forward._cache_kwarg(type(model)): cache})
-        self.state = BatchState(model.config)
-        self.state.extend(BatchState(model.config, cache, torch.ones((rows, positions), dtype=torch.long),
-                                     [positions] * rows))
-        self.decoder = FastDecoder(model) if fast else None
+            if kind == "native":
+                _, layers = model.forward(None, [None] * rows, model.embed.index_select(0, ids.flatten()).view(
+                    rows, positions, -1), None, torch.arange(positions).expand(rows, -1))
+                caches: Any = PlainCaches()
+                cache = caches.of(layers)
+            else:
+                cache = new_cache(model.config)
+                model(input_ids=ids, use_cache=True, **{forward._cache_kwarg(type(model)): cache})
+                caches = TransformersCaches(model.config)
+        self.state = BatchState(caches)
+        self.state.extend(BatchState(caches, cache, mask, [positions] * rows))
+        self.decoder = FastDecoder(model) if kind == "fast" else None
         self.times: list[float] = []
 
     def step(self) -> None:
@@ -65,7 +79,9 @@ class Path_:
         mask, positions = self.state.step_inputs()
         tokens = [500] * self.rows
         with torch.inference_mode():
-            if self.decoder is not None:
+            if self.kind == "native":
+                self.model.decode(self.state.cache, [None] * self.rows, tokens, mask, positions)
+            elif self.decoder is not None:
                 self.decoder(self.state.cache, [None] * self.rows, tokens, mask, positions)
             else:
                 forward.call(self.model, self.state.cache, [None] * self.rows, input_ids=torch.tensor(tokens)[:, None],
@@ -105,22 +121,18 @@ def main() -> None:
     reference = load_local_model(ModelSettings(), args.data_dir).model
     int8_settings = ModelSettings(quantize="int8")
     quantized = quantize_for_serving(load_local_model(int8_settings, args.data_dir), int8_settings, args.data_dir)
-    original = w8kernel.W8Kernel.matmul
-
-    def labelled(self: w8kernel.W8Kernel, *a: Any, **k: Any) -> Any:
-        with torch.profiler.record_function("int8_matmul"):  # the ctypes call is invisible to the profiler
-            return original(self, *a, **k)
-
-    w8kernel.W8Kernel.matmul = labelled  # type: ignore[method-assign]
+    native = load_native_model(ModelSettings(quantize="gguf"), args.data_dir).model
+    label_kernels(native)
     lines = [f"Command: `.venv/bin/python bench/decode_profile.py --threads {args.threads} --rows {args.rows} "
              f"--positions {args.positions} --steps {args.steps}{' --record' if args.record else ''}` "
              f"(one decode step; {args.positions} cached positions per row)", "",
-             "| rows | path | step, fastest | step, median | weights | attention | copies / KV | other ops | Python |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| rows | path | step, fastest | step, median | weights | attention | copies / KV | C ops | C layers "
+             "| other ops | Python |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows in (int(r) for r in args.rows.split(",")):
-        paths = [Path_("transformers forward, float32 (before)", reference, rows, args.positions, fast=False),
-                 Path_("fast decoder, float32", reference, rows, args.positions, fast=True),
-                 Path_(f"fast decoder, {quantized.weights}", quantized.model, rows, args.positions, fast=True)]
+        paths = [Path_("transformers forward, float32 (reference)", reference, rows, args.positions, "forward"),
+                 Path_(f"transformers fast decoder, {quantized.weights} (before)", quantized.model, rows,
+                       args.positions, "fast"),
+                 Path_(f"native engine, {native.weights} (now)", native, rows, args.positions, "native")]
         for _ in range(3):  # warm-up
             for path in paths:
                 path.step()
@@ -132,17 +144,38 @@ def main() -> None:
         for path in paths:
             share = shares(path, max(5, args.steps // 4))
             cells = " | ".join(f"{share.get(g, 0.0) * 100:.0f}%" for g in
-                               ("weights", "attention", "copies / KV", "other ops", "Python"))
+                               ("weights", "attention", "copies / KV", "C ops", "C layers", "other ops", "Python"))
             lines.append(f"| {rows} | {path.label} | {min(path.times) * 1000:.1f} ms | "
                          f"{statistics.median(path.times) * 1000:.1f} ms | {cells} |")
-        before, after = paths[0], paths[2]
-        lines.append(f"| {rows} | **speed-up, fastest step** | **{min(before.times) / min(after.times):.2f}×** | "
-                     f"{statistics.median(before.times) / statistics.median(after.times):.2f}× (median) | | | | | |")
+        for before in paths[:2]:
+            after = paths[2]
+            lines.append(f"| {rows} | **native vs {before.label.split(',')[0]}** | "
+                         f"**{min(before.times) / min(after.times):.2f}×** | "
+                         f"{statistics.median(before.times) / statistics.median(after.times):.2f}× (median) "
+                         "| | | | | | | |")
     lines += ["", machine_line()]
     body = "\n".join(lines) + "\n"
     print(body)
     if args.record:
         record_section("Decode step profile: before / after", body)
+
+
+def label_kernels(native: Any) -> None:
+    """ctypes calls are invisible to the torch profiler: name them."""
+    import torch
+
+    def labelled(name: str, fn: Any) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            with torch.profiler.record_function(name):
+                return fn(*a, **k)
+        return call
+
+    w8kernel.W8Kernel.matmul = labelled("int8_matmul", w8kernel.W8Kernel.matmul)  # type: ignore[method-assign]
+    qkernel.BlockKernel.matmul = labelled("block_matmul", qkernel.BlockKernel.matmul)  # type: ignore[method-assign]
+    if native.ops is not None:
+        for name in ("rms_norm", "add_rms_norm", "rope_store", "attend", "silu_mul"):
+            setattr(native.ops, name, labelled("native_ops", getattr(native.ops, name)))
+        native.ops.decode_layers = labelled("native_layers", native.ops.decode_layers)
 
 
 if __name__ == "__main__":

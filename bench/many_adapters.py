@@ -1,6 +1,6 @@
 """1,000 LoRA personas on one base model: resident memory, start-up validation, load cost on first use.
 
-    .venv/bin/python bench/many_adapters.py [--personas 1000] [--requests 120] [--record]
+    .venv/bin/python bench/many_adapters.py [--personas 1000] [--requests 120] [--engine auto] [--record]
 
 Builds --personas adapter directories (hard links to the shipped captain-lora files: each is a
 separate adapter to the bank, at no disk cost), validates them all as the bot does at start-up
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from bench.common import machine_line, record_section  # noqa: E402
 from bot.domain.persona import GenerationParams  # noqa: E402
 from bot.models.local import GenerationResult, LocalRuntime  # noqa: E402
-from bot.models.local_loader import load_local_model, quantize_for_serving  # noqa: E402
+from bot.models.local_loader import load_for_serving  # noqa: E402
 from bot.settings import ModelSettings  # noqa: E402
 
 PARAMS = GenerationParams(temperature=0.0, max_new_tokens=4, repetition_penalty=1.0)
@@ -78,10 +78,11 @@ def main() -> None:
     parser.add_argument("--personas", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--data-dir", type=Path, default=REPO / "data")
+    parser.add_argument("--engine", default="auto", choices=["auto", "native", "transformers"])
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
-    settings = ModelSettings()
-    loaded = quantize_for_serving(load_local_model(settings, args.data_dir), settings, args.data_dir)
+    settings = ModelSettings(engine=args.engine)
+    loaded = load_for_serving(settings, args.data_dir)
     runtime = LocalRuntime(loaded, settings)
     asyncio.run(serve(runtime, [None], args.requests, 0))
     base_rss = rss_mib()
@@ -102,7 +103,8 @@ def main() -> None:
     runtime.close()
     lines = [
         f"Command: `.venv/bin/python bench/many_adapters.py --personas {args.personas} --requests {args.requests}"
-        f"{' --record' if args.record else ''}` ({loaded.weights} base; LoRA r=8 on q/k/v/o_proj, 1.8 MiB each; "
+        f" --engine {args.engine}{' --record' if args.record else ''}` ({loaded.engine} engine, {loaded.weights} "
+        "base; LoRA r=8 on q/k/v/o_proj, 1.8 MiB each; "
         f"BOT_MODEL__MAX_LOADED_LORA={settings.max_loaded_lora}; {args.requests} messages, 8 at a time, "
         "4 tokens each, from random personas)", "",
         "| measure | value |", "|---|---|",

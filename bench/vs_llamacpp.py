@@ -3,7 +3,8 @@
     .venv/bin/python bench/vs_llamacpp.py [--threads 2] [--rounds 3] [--record]
     (llama.cpp side: pip install -e '.[bench]', which builds llama-cpp-python from source)
 
-Each round measures, alternating the engines so that a busy neighbour slows both alike:
+Each round measures, alternating the engines so that a busy neighbour slows both alike (llama.cpp runs
+in a process of its own, so neither engine's idle threads slow the other):
 
   decode, 1 conversation      tokens/s from the first to the last of --tokens greedy tokens
   8 conversations, aggregate  ours: 8 at once through the batch scheduler (llama-cpp-python serves one
@@ -12,9 +13,11 @@ Each round measures, alternating the engines so that a busy neighbour slows both
   uncached TTFT               ~150-token prompt, nothing cached: prompt in -> first token out
   p95 TTFT at 8               ours: 8 messages at the same instant, persona prompt cached (the serving case)
 
-Ours is the serving path (BatchScheduler, fast decode) with the configured weights: int8 (default)
-and, with --float32, the float32 reference as well. Ratios are per round; the table shows each
-round's ratio and the median. Without llama-cpp-python the llama.cpp rows print a skip line.
+Ours is the serving path (BatchScheduler) as the bot loads it by default: the native engine with the
+GGUF's own 4-bit blocks. `--also` adds other configurations to the same rounds, e.g.
+`--also transformers-int8` (the engine before the native one) or `native-none` (the float32 reference
+on the native forward). Ratios are per round; the table shows each round's ratio and the median.
+Without llama-cpp-python the llama.cpp rows print a skip line.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from bench.common import machine_line, percentile, record_section  # noqa: E402
 from bot.domain.persona import GenerationParams  # noqa: E402
 from bot.models.batching import BatchScheduler, Finished, chat_prefix_length  # noqa: E402
-from bot.models.local_loader import LoadedModel, default_model_location, load_local_model, quantize_for_serving  # noqa: E402
+from bot.models.local_loader import LoadedModel, default_model_location, load_for_serving  # noqa: E402
 from bot.settings import ModelSettings  # noqa: E402
 
 STORY = "Write a long story about a dragon who learns to bake bread."
@@ -126,7 +129,9 @@ class Ours:
             s.close()
 
 
-class LlamaCpp:
+class _LlamaCppModel:
+    """llama-cpp-python itself; lives in its own process (see LlamaCpp)."""
+
     def __init__(self, gguf: Path, threads: int) -> None:
         from llama_cpp import Llama
 
@@ -156,10 +161,55 @@ class LlamaCpp:
         return time.perf_counter() - started
 
 
-def load_ours(quantize: str, threads: int, data_dir: Path) -> Ours:
-    settings = ModelSettings(threads=threads, quantize=quantize)  # type: ignore[arg-type]
-    loaded = quantize_for_serving(load_local_model(settings, data_dir), settings, data_dir)
-    return Ours(loaded, f"ours, {loaded.weights}")
+def _serve_llama(connection: Any, gguf: Path, threads: int) -> None:
+    try:
+        model = _LlamaCppModel(gguf, threads)
+    except ImportError as exc:
+        connection.send(exc)
+        return
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        method, *args = request
+        connection.send(getattr(model, method)(*args))
+
+
+class LlamaCpp:
+    """llama.cpp in a process of its own: in one process, whichever engine ran last left its thread
+    pool spinning or its OpenMP team behind, and the other's 2-thread decode measured ~1.8× slower."""
+
+    def __init__(self, gguf: Path, threads: int) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve_llama, args=(child, gguf, threads), daemon=True)
+        self._process.start()
+        answer = self._connection.recv()
+        if isinstance(answer, ImportError):
+            self._process.join()
+            raise answer
+
+    def _call(self, *request: Any) -> float:
+        self._connection.send(request)
+        return float(self._connection.recv())
+
+    def decode_rate(self, text: str, tokens: int) -> float:
+        return self._call("decode_rate", text, tokens)
+
+    def ttft_uncached(self, text: str) -> float:
+        return self._call("ttft_uncached", text)
+
+    def close(self) -> None:
+        self._connection.send(None)
+        self._process.join(timeout=10)
+
+
+def load_ours(config: str, threads: int, data_dir: Path) -> Ours:
+    """`config`: "<engine>-<quantize>", e.g. native-gguf (the default), transformers-int8, native-none."""
+    engine, _, quantize = config.partition("-")
+    settings = ModelSettings(threads=threads, engine=engine, quantize=quantize)  # type: ignore[arg-type]
+    loaded = load_for_serving(settings, data_dir)
+    return Ours(loaded, f"ours, {loaded.engine} {loaded.weights}")
 
 
 def main() -> None:
@@ -167,7 +217,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48, help="tokens decoded per conversation")
-    parser.add_argument("--float32", action="store_true", help="also measure the float32 reference")
+    parser.add_argument("--also", default="", help="more configurations, comma-separated: "
+                        "transformers-int8, transformers-none, native-int8, native-none")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
@@ -175,9 +226,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    engines = [load_ours("int8", args.threads, args.data_dir)]
-    if args.float32:
-        engines.append(load_ours("none", args.threads, args.data_dir))
+    engines = [load_ours(config, args.threads, args.data_dir)
+               for config in ["native-gguf", *filter(None, args.also.split(","))]]
     directory, gguf = default_model_location()
     try:
         llama: LlamaCpp | None = LlamaCpp(directory / gguf, args.threads)
@@ -209,6 +259,8 @@ def main() -> None:
             row.values[f"{tag} p95@8"] = asyncio.run(engine.ttft_p95_at_8())
         rounds.append(row)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.values.items()), flush=True)
+    if llama is not None:
+        llama.close()
     body = report(rounds, engines, llama is not None, prompt_tokens, args)
     print(body)
     if args.record:
@@ -223,8 +275,9 @@ def report(rounds: list[Round], engines: list[Ours], with_llama: bool, prompt_to
         values = [fn(r.values) for r in rounds]
         return f"**{statistics.median(values):.2f}×** ({', '.join(f'{v:.2f}' for v in values)})"
 
+    also = f" --also {args.also}" if args.also else ""
     lines = [f"Command: `.venv/bin/python bench/vs_llamacpp.py --threads {args.threads} --rounds {args.rounds} "
-             f"--tokens {args.tokens}{' --float32' if args.float32 else ''}{' --record' if args.record else ''}` "
+             f"--tokens {args.tokens}{also}{' --record' if args.record else ''}` "
              f"(SmolLM2-135M-Instruct Q4_1 GGUF; greedy; {args.tokens} tokens per conversation; "
              f"uncached prompt {prompt_tokens} tokens)", ""]
     lines += ["| measure | " + " | ".join(e.label for e in engines) + (" | llama.cpp |" if with_llama else " |"),

@@ -135,7 +135,8 @@ async def build_runtime(
 ) -> AsyncIterator[Runtime]:
     personas = FilePersonaRegistry(settings.personas_dir, adapters_root=settings.adapters_dir)
     personas.reload()
-    provider = model_provider or DefaultModelProvider(settings.model, settings.data_dir)
+    provider = model_provider or DefaultModelProvider(settings.model, settings.data_dir,
+                                                      adapters_dir=settings.adapters_dir)
     async with _redis(settings, watch=True) as (redis, embedded):
         # Redis first: an unreachable Redis should fail fast, before a model load.
         if isinstance(provider, DefaultModelProvider):

@@ -58,15 +58,24 @@ def chat(
     require_persona(cfg, persona_id)  # before the model loads: a typo fails in a second, not ten
     if sys.stdin.isatty():
         err.print("[dim]starting Redis and loading the model…[/dim]", highlight=False)
+    from bot.models.provider import DefaultModelProvider
+
+    # The local model loads on a thread while everything else starts (imports, Redis, personas).
+    provider = DefaultModelProvider(cfg.model, cfg.data_dir, adapters_dir=cfg.adapters_dir)
+    if cfg.model.backend == "local":
+        provider.start_loading()
 
     async def main() -> None:
         from bot.app import build_runtime
         from bot.transports.console import run_console
 
-        async with build_runtime(cfg) as runtime:
-            runtime.personas.get(persona_id)
-            await run_console(runtime.engine, persona_id, user_name=cfg.console.user_name,
-                              conversation=cfg.console.conversation, stdin=sys.stdin, out=sys.stdout)
+        try:
+            async with build_runtime(cfg, model_provider=provider) as runtime:
+                runtime.personas.get(persona_id)
+                await run_console(runtime.engine, persona_id, user_name=cfg.console.user_name,
+                                  conversation=cfg.console.conversation, stdin=sys.stdin, out=sys.stdout)
+        finally:
+            provider.close()
 
     run_async(main())
 

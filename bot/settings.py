@@ -85,10 +85,15 @@ class ModelSettings(BaseModel):
         default=512, ge=1, description="Local backend: memory cap of the prompt cache in MiB (LRU)."
     )
     fast_decode: bool = Field(
-        default=True, description="Local backend: decode steps without transformers' per-call overhead."
+        default=True, description="Local backend, transformers engine: decode steps without its per-call overhead."
     )
-    quantize: Literal["none", "int8"] = Field(
-        default="int8", description="Local backend: int8 weights (none: float32, the exact reference)."
+    engine: Literal["auto", "native", "transformers"] = Field(
+        default="auto", description="Local backend: auto = the native Llama forward (no transformers/peft: fast "
+        "start) where the model and adapters allow, else transformers (the reference).",
+    )
+    quantize: Literal["gguf", "int8", "none"] = Field(
+        default="gguf", description="Local backend: gguf = the GGUF's own 4-bit blocks (native; exact vs float32), "
+        "else int8; int8; none = float32 (the exact reference).",
     )
     max_loaded_lora: int = Field(
         default=64, ge=1, description="Local backend: LoRA adapters kept loaded (LRU); others load on use."

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bot.domain.persona import GenerationParams
-from bot.models.batching.kv import BatchState, cache_from, layers_of
+from bot.models.batching.kv import BatchState, TransformersCaches, cache_from, layers_of
 from bot.models.batching.prefix_cache import PrefixCache, PrefixKey
 from bot.models.batching.sampling import TOP_K, next_token, penalize
 
@@ -39,7 +39,7 @@ def real_part(state: BatchState, row: int, layer: int) -> torch.Tensor:
 
 
 def test_rows_of_different_lengths_merge_left_padded_and_keep_their_positions() -> None:
-    state = BatchState(CONFIG)
+    state = BatchState(TransformersCaches(CONFIG))
     originals = []
     for length, seed in [(5, 1), (9, 2), (3, 3)]:
         cache, layers = row_cache(length, seed)
@@ -58,7 +58,7 @@ def test_rows_of_different_lengths_merge_left_padded_and_keep_their_positions() 
 
 
 def test_dropping_rows_trims_columns_that_only_padded_them() -> None:
-    state = BatchState(CONFIG)
+    state = BatchState(TransformersCaches(CONFIG))
     originals = []
     for length, seed in [(5, 1), (9, 2), (3, 3)]:
         cache, layers = row_cache(length, seed)
@@ -75,7 +75,7 @@ def test_dropping_rows_trims_columns_that_only_padded_them() -> None:
 def test_merging_never_writes_into_a_shared_snapshot() -> None:
     cache, layers = row_cache(4, 7)
     before = [k.clone() for k, _ in layers]
-    state = BatchState(CONFIG)
+    state = BatchState(TransformersCaches(CONFIG))
     state.add_row(cache, 4)
     state.add_row(cache_from(CONFIG, layers), 4)
     state.keep_rows([1])

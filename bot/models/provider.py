@@ -12,17 +12,19 @@ import hashlib
 import logging
 import threading
 from pathlib import Path
-
-from langchain_core.language_models.chat_models import BaseChatModel
+from typing import TYPE_CHECKING
 
 from bot.adapters import AdapterError, read_adapter
 from bot.domain.persona import Persona
 from bot.errors import ConfigError
-from bot.models.local import LocalChatModel, LocalRuntime
-from bot.models.local_loader import load_local_model, quantize_for_serving
-from bot.models.scripted import ScriptedChatModel, approx_token_count
+from bot.models.local_loader import load_for_serving
+from bot.models.runtime import LocalRuntime
+from bot.models.tokens import approx_token_count
 from bot.ports import BoundModel
 from bot.settings import Backend, ModelSettings
+
+if TYPE_CHECKING:
+    from langchain_core.language_models.chat_models import BaseChatModel
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,18 @@ def adapter_hash(adapter: str | None) -> str | None:
 
 
 class DefaultModelProvider:
-    def __init__(self, settings: ModelSettings, data_dir: Path, *, runtime: LocalRuntime | None = None) -> None:
+    """`adapters_dir`: where personas' adapters live; the local engine is chosen knowing them (a LoRA
+    that only PEFT computes exactly makes the whole local model run on transformers)."""
+
+    def __init__(self, settings: ModelSettings, data_dir: Path, *, runtime: LocalRuntime | None = None,
+                 adapters_dir: Path | None = None) -> None:
         self.settings = settings
         self.data_dir = data_dir
+        self.adapters_dir = adapters_dir
         self._runtime = runtime
         self._runtime_lock = threading.Lock()
         self._cache: dict[tuple[object, ...], BaseChatModel] = {}
+        self._loading: threading.Thread | None = None
 
     def backend_of(self, persona: Persona) -> Backend:
         return persona.model.backend or self.settings.backend
@@ -65,12 +73,27 @@ class DefaultModelProvider:
     def local_runtime(self) -> LocalRuntime:
         with self._runtime_lock:
             if self._runtime is None:
-                loaded = quantize_for_serving(load_local_model(self.settings, self.data_dir), self.settings,
-                                              self.data_dir)
-                log.info("loaded %s (%s weights) in %.1fs (cached: %s)", loaded.name, loaded.weights,
-                         loaded.load_seconds, loaded.from_cache)
+                loaded = load_for_serving(self.settings, self.data_dir, self.adapters_dir)
+                log.info("loaded %s (%s engine, %s weights) in %.1fs (cached: %s)", loaded.name, loaded.engine,
+                         loaded.weights, loaded.load_seconds, loaded.from_cache)
                 self._runtime = LocalRuntime(loaded, self.settings)
             return self._runtime
+
+    def start_loading(self) -> None:
+        """Load the local model on a background thread now (imports included), so that it loads while
+        the caller starts everything else; `local_runtime()` and `warm_up()` wait for it. A failure is
+        only logged here: the next `local_runtime()` tries again and raises it to its caller."""
+        if self._loading is not None or self._runtime is not None:
+            return
+
+        def load() -> None:
+            try:
+                self.local_runtime()
+            except Exception as exc:  # raised again, to someone who can report it, by the next call
+                log.debug("background model load failed: %s", exc)
+
+        self._loading = threading.Thread(target=load, name="model-load", daemon=True)
+        self._loading.start()
 
     async def warm_up(self, personas: list[Persona]) -> None:
         """Load the local model off the event loop before the first message needs it."""
@@ -93,6 +116,8 @@ class DefaultModelProvider:
             # check_adapters() validated (and so loaded) it at start-up.
             loaded = runtime.adapters.current(persona.adapter) if persona.adapter else None
             virtual_tokens = loaded.virtual_tokens if loaded is not None else 0  # a soft prompt's positions
+            from bot.models.local import LocalChatModel  # LangChain: only once a persona is bound
+
             return BoundModel(
                 chat_model=LocalChatModel(
                     runtime=runtime,
@@ -115,6 +140,8 @@ class DefaultModelProvider:
             model = self._cache.get(key) or self._cache.setdefault(key, self._openai(persona, name))
             return BoundModel(model, "openai", name, persona.adapter, self.settings.context_window or REMOTE_CONTEXT,
                               approx_token_count, adapter_hash(persona.adapter))
+        from bot.models.scripted import ScriptedChatModel
+
         model = self._cache.get(key) or self._cache.setdefault(key, ScriptedChatModel(persona_name=persona.name))
         return BoundModel(model, "scripted", "scripted", persona.adapter, self.settings.context_window or 4096,
                           approx_token_count, adapter_hash(persona.adapter))

@@ -23,7 +23,6 @@ from bot.models.w8kernel import W8Kernel
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "int8")
 #: Rows up to which the int8 kernel is used; longer inputs dequantize and use sgemm (compute-bound).
 KERNEL_MAX_ROWS = 32
 
@@ -48,9 +47,7 @@ def _quant_linear_class() -> type:
 
         @classmethod
         def quantize(cls, linear: torch.nn.Linear, kernel: W8Kernel) -> QuantLinear:
-            weight = linear.weight.detach().float()
-            scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-            qweight = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            qweight, scales = quantize_weight(linear.weight.detach())
             return cls(qweight, scales, None if linear.bias is None else linear.bias.detach(), kernel)
 
         def dequantized(self) -> torch.Tensor:
@@ -69,6 +66,15 @@ def _quant_linear_class() -> type:
             return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
 
     return QuantLinear
+
+
+def quantize_weight(weight: Any) -> tuple[Any, Any]:
+    """(int8 weights, float32 scale per output row): symmetric, round to nearest."""
+    import torch
+
+    weight = weight.float()
+    scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    return torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
 
 
 _CLASS: list[type] = []
@@ -102,7 +108,7 @@ def quantize_linears(model: Any, kernel: W8Kernel, cache_file: Path | None = Non
     cls: Any = quant_linear_class()
     targets = [(name, module) for name, module in model.named_modules()
                if type(module) is torch.nn.Linear and (name == "lm_head" or ".layers." in f".{name}")]
-    stored = _read_cache(cache_file, [name for name, _ in targets])
+    stored = read_cache(cache_file, [name for name, _ in targets])
     total = 0
     with torch.no_grad():
         for name, module in targets:
@@ -160,14 +166,14 @@ def _fuse_projections(model: Any, cls: type) -> None:
             setattr(owner, attribute, Fused(weight, scales, [p.out_features for p in parts], parts[0].kernel))
 
 
-def _read_cache(cache_file: Path | None, names: list[str]) -> dict[str, Any] | None:
+def read_cache(cache_file: Path | None, names: list[str]) -> dict[str, Any] | None:
     """The cached int8 tensors for exactly these layers, or None (missing, stale or unreadable)."""
     if cache_file is None or not cache_file.is_file():
         return None
-    from safetensors.torch import load_file
+    from bot.models.tensorfile import read_file
 
     try:
-        tensors = load_file(str(cache_file))
+        tensors, _ = read_file(cache_file)  # read, not memory-mapped: see bot.models.tensorfile
     except Exception as exc:  # a torn or foreign file: quantize again and overwrite it
         log.warning("ignoring unreadable int8 cache %s: %s", cache_file, exc)
         return None
@@ -177,8 +183,6 @@ def _read_cache(cache_file: Path | None, names: list[str]) -> dict[str, Any] | N
 
 
 def _write_cache(cache_file: Path, model: Any, names: list[str]) -> None:
-    from safetensors.torch import save_file
-
     tensors: dict[str, Any] = {}
     for name in names:
         module = model.get_submodule(name)
@@ -186,6 +190,13 @@ def _write_cache(cache_file: Path, model: Any, names: list[str]) -> None:
         tensors[f"{name}.scales"] = module.scales.contiguous()
         if module.bias is not None:
             tensors[f"{name}.bias"] = module.bias.contiguous()
+    write_cache(cache_file, tensors)
+
+
+def write_cache(cache_file: Path, tensors: dict[str, Any]) -> None:
+    """Save int8 tensors (`<layer>.weight`, `<layer>.scales`) atomically; a failure only logs."""
+    from safetensors.torch import save_file
+
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(cache_file.name + ".tmp")
     try:

@@ -19,6 +19,10 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
+from bot.models.tokens import approx_token_count
+
+__all__ = ["ScriptedChatModel", "approx_token_count"]
+
 DEFAULT_TEMPLATE = "[{persona}] You said: {last}"
 
 
@@ -98,6 +102,3 @@ class ScriptedChatModel(BaseChatModel):
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(messages, reply)))
 
 
-def approx_token_count(text: str) -> int:
-    """Rough token estimate for backends without a local tokenizer (~4 characters a token)."""
-    return max(1, (len(text) + 3) // 4) if text else 0

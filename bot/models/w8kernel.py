@@ -10,24 +10,18 @@ SmolLM2's greedy tokens on more than half the positions of a prompt; weights alo
 keep its held-out loss (docs/performance.md has the figures).
 
 The C source below is compiled with the system C compiler (`cc -O3 -mavx2 -mfma -fopenmp`) into
-`<cache>/w8-<hash>.so` on first use and loaded with ctypes: a second start loads the cached library.
-It runs on torch's own OpenMP runtime (libgomp is already loaded by torch, same soname), with
-torch's thread count. No compiler, no AVX2/FMA: `load()` returns None and the caller stays float32.
+`<cache>/w8-<hash>.so` on first use and loaded with ctypes (`bot.models.cbuild`): a second start loads
+the cached library. No compiler, no AVX2/FMA: `load()` returns None and the caller stays float32.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from bot.models import cbuild
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -124,52 +118,11 @@ _LOCK = threading.Lock()
 _LOADED: dict[Path, W8Kernel | None] = {}
 
 
-def cpu_supported() -> bool:
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-
-
 def load(cache_dir: Path) -> W8Kernel | None:
     """The compiled kernel (building it into cache_dir on first use), or None where it cannot run."""
     cache_dir = cache_dir.expanduser().resolve()
     with _LOCK:
         if cache_dir not in _LOADED:
-            _LOADED[cache_dir] = _build_and_load(cache_dir)
+            library = cbuild.build("w8", SOURCE, FLAGS, cache_dir)
+            _LOADED[cache_dir] = None if library is None else W8Kernel(library, cache_dir)
         return _LOADED[cache_dir]
-
-
-def _build_and_load(cache_dir: Path) -> W8Kernel | None:
-    import torch  # noqa: F401  (loads torch's libgomp first, so the kernel shares its OpenMP runtime)
-
-    if not cpu_supported():
-        log.warning("int8 kernel needs AVX2+FMA; serving float32 weights")
-        return None
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        log.warning("no C compiler found for the int8 kernel; serving float32 weights")
-        return None
-    digest = hashlib.sha256((SOURCE + " ".join(FLAGS)).encode()).hexdigest()[:16]
-    target = cache_dir / f"w8-{digest}.so"
-    if not target.is_file():
-        try:
-            _compile(compiler, target)
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("could not build the int8 kernel (%s); serving float32 weights", exc)
-            return None
-    try:
-        return W8Kernel(ctypes.CDLL(str(target)), target)
-    except OSError as exc:
-        log.warning("could not load the int8 kernel %s (%s); serving float32 weights", target, exc)
-        return None
-
-
-def _compile(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        source = Path(tmp) / "w8.c"
-        source.write_text(SOURCE)
-        built = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True,
-                       timeout=120)
-        built.replace(target)  # atomic: a concurrent start never loads a half-written library

@@ -1,7 +1,12 @@
-"""Model calls for the scheduler: single-row prefill (with the prompt cache) and batched decode.
+"""Model calls for the scheduler: prefill (with the prompt cache) for any `Forward`, and the
+transformers one.
 
-The model may be a plain transformers causal LM or a PeftModel holding several LoRA adapters. With a
-PeftModel every call names each row's adapter (`adapter_names`, "__base__" for none): PEFT would
+A `Forward` is what prefill needs of a model: embed tokens, and run embeddings on top of (optional)
+cached keys/values, returning the last position's logits and every layer's keys/values. Two exist:
+`TransformersForward` here (a transformers causal LM or a PeftModel holding several LoRA adapters)
+and the native Llama forward (`bot.models.native`).
+
+With a PeftModel every call names each row's adapter (`adapter_names`, "__base__" for none): PEFT would
 otherwise apply its active adapter to every row. Soft prompts only matter at prefill: they enter as
 embeddings before the row's tokens, and from then on live in the KV cache like any other position.
 """
@@ -9,15 +14,32 @@ embeddings before the row's tokens, and from then on live in the KV cache like a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from bot.models.batching.kv import BatchState, LayerKV, cache_from, layers_of, new_cache, pad_rows
+from bot.models.batching.kv import BatchState, CacheKind, LayerKV, TransformersCaches, layers_of, pad_rows
 from bot.models.batching.prefix_cache import PrefixCache, PrefixKey
 from bot.models.batching.rows import Request
 
 #: PEFT's adapter name for "no LoRA on this row" in a mixed batch.
 BASE_ADAPTER = "__base__"
+
+
+class Forward(Protocol):
+    @property
+    def caches(self) -> CacheKind:
+        ...
+
+    def embed(self, tokens: Sequence[int]) -> Any:
+        """Token embeddings [len(tokens), hidden]."""
+        ...
+
+    def run(self, past: list[LayerKV] | None, loras: Sequence[str | None], embeds: Any, mask: Any | None,
+            positions: Any) -> tuple[Any, list[LayerKV]]:
+        """Run `embeds` [rows, T, hidden] after `past` (None: nothing before); `mask` [rows, past + T]
+        (None: every position real), `positions` [rows, T]. Returns (logits of each row's last position
+        [rows, vocab], every layer's keys/values over past + T)."""
+        ...
 
 
 def is_peft(model: Any) -> bool:
@@ -46,22 +68,39 @@ def _cache_kwarg(model_class: type) -> str:
 
 
 def call(model: Any, cache: Any, loras: Sequence[str | None], **inputs: Any) -> Any:
-    """One forward pass; the logits of each row's last position, [rows, vocab]."""
+    """One transformers forward pass; the logits of each row's last position, [rows, vocab]."""
     kwargs: dict[str, Any] = {_cache_kwarg(type(base_of(model))): cache, "use_cache": True, "logits_to_keep": 1}
     if is_peft(model):
         kwargs["adapter_names"] = [lora or BASE_ADAPTER for lora in loras]
     return model(**inputs, **kwargs).logits[:, -1, :]
 
 
-def _embed(model: Any, tokens: Sequence[int]) -> Any:
-    import torch
+class TransformersForward:
+    """`Forward` over a transformers model; `resolve()` gives the module to call now (a PeftModel
+    once an adapter bank has loaded a LoRA)."""
 
-    embed = base_of(model).get_input_embeddings()
-    embed = getattr(embed, "base_layer", embed)
-    return embed(torch.tensor(list(tokens), dtype=torch.long))
+    def __init__(self, resolve: Callable[[], Any]) -> None:
+        self.resolve = resolve
+        self.caches = TransformersCaches(base_of(resolve()).config)
+
+    def embed(self, tokens: Sequence[int]) -> Any:
+        import torch
+
+        embed = base_of(self.resolve()).get_input_embeddings()
+        embed = getattr(embed, "base_layer", embed)
+        return embed(torch.tensor(list(tokens), dtype=torch.long))
+
+    def run(self, past: list[LayerKV] | None, loras: Sequence[str | None], embeds: Any, mask: Any | None,
+            positions: Any) -> tuple[Any, list[LayerKV]]:
+        cache = self.caches.empty() if past is None else self.caches.of(past)
+        inputs: dict[str, Any] = {"inputs_embeds": embeds, "position_ids": positions}
+        if mask is not None:
+            inputs["attention_mask"] = mask
+        logits = call(self.resolve(), cache, loras, **inputs)
+        return logits, layers_of(cache)
 
 
-def _prefix(model: Any, request: Request, prefix_cache: PrefixCache | None) -> tuple[list[LayerKV] | None, int]:
+def _prefix(fwd: Forward, request: Request, prefix_cache: PrefixCache | None) -> tuple[list[LayerKV] | None, int]:
     """The KV of a request's persona prefix (soft prompt + prefix tokens): from the prompt cache, or
     computed alone and stored. (None, 0) when the request has no cacheable prefix."""
     import torch
@@ -75,32 +114,28 @@ def _prefix(model: Any, request: Request, prefix_cache: PrefixCache | None) -> t
     entry = prefix_cache.get(key) if prefix_cache is not None else None
     if entry is not None:
         return entry.layers, split
-    tokens = request.input_ids[:split]
+    embeds = fwd.embed(request.input_ids[:split])
     if soft is not None:
-        inputs: dict[str, Any] = {"inputs_embeds": torch.cat([soft.embeddings, _embed(model, tokens)]).unsqueeze(0)}
-    else:
-        inputs = {"input_ids": torch.tensor([tokens], dtype=torch.long)}
+        embeds = torch.cat([soft.embeddings.to(embeds.dtype), embeds])
     length = request.virtual_tokens + split
-    cache = new_cache(base_of(model).config)
-    call(model, cache, [request.lora], position_ids=torch.arange(length).unsqueeze(0), **inputs)
-    layers = layers_of(cache)
+    _, layers = fwd.run(None, [request.lora], embeds.unsqueeze(0), None, torch.arange(length).unsqueeze(0))
     if prefix_cache is not None:
         prefix_cache.put(key, layers, length)
     return layers, 0
 
 
-def _suffix_embeddings(model: Any, request: Request) -> Any:
+def _suffix_embeddings(fwd: Forward, request: Request) -> Any:
     """What is left to feed after the prefix: the soft prompt too when there is no prefix."""
     import torch
 
-    tokens = _embed(model, request.input_ids[request.prefix_len :])
+    tokens = fwd.embed(request.input_ids[request.prefix_len :])
     if request.prefix_len == 0 and request.soft_prompt is not None:
         return torch.cat([request.soft_prompt.embeddings.to(tokens.dtype), tokens])
     return tokens
 
 
 def prefill(
-    model: Any, requests: Sequence[Request], prefix_cache: PrefixCache | None
+    fwd: Forward, requests: Sequence[Request], prefix_cache: PrefixCache | None
 ) -> tuple[BatchState, Any, list[int]]:
     """Run new rows' prompts: (their batch state, last-position logits [rows, vocab], cached tokens per row).
 
@@ -111,18 +146,17 @@ def prefill(
     """
     import torch
 
-    config = base_of(model).config
-    prefixes = [_prefix(model, request, prefix_cache) for request in requests]
+    prefixes = [_prefix(fwd, request, prefix_cache) for request in requests]
     starts = [r.prompt_positions - len(r.input_ids) + r.prefix_len if r.prefix_len else 0 for r in requests]
     width = max(starts)
-    suffixes = [_suffix_embeddings(model, request) for request in requests]
+    suffixes = [_suffix_embeddings(fwd, request) for request in requests]
     length = max(piece.shape[0] for piece in suffixes)
-    cache = new_cache(config)
+    past = None
     if width:
         sample = next(layers for layers, _ in prefixes if layers is not None)
         empty = [(k.new_zeros((1, k.shape[1], 0, k.shape[3])), v.new_zeros((1, v.shape[1], 0, v.shape[3])))
                  for k, v in sample]
-        cache = cache_from(config, pad_rows([layers or empty for layers, _ in prefixes], width))
+        past = pad_rows([layers or empty for layers, _ in prefixes], width)
     mask = torch.zeros((len(requests), width + length), dtype=torch.long)
     positions = torch.zeros((len(requests), length), dtype=torch.long)
     embeds = suffixes[0].new_zeros((len(requests), length, suffixes[0].shape[1]))
@@ -132,7 +166,6 @@ def prefill(
         mask[i, width + length - n :] = 1
         positions[i, length - n :] = torch.arange(start, start + n)
         embeds[i, length - n :] = piece
-    logits = call(model, cache, [r.lora for r in requests], inputs_embeds=embeds, attention_mask=mask,
-                  position_ids=positions)
-    state = BatchState(config, cache, mask, [r.prompt_positions for r in requests])
+    logits, layers = fwd.run(past, [r.lora for r in requests], embeds, mask, positions)
+    state = BatchState(fwd.caches, fwd.caches.of(layers), mask, [r.prompt_positions for r in requests])
     return state, logits, [cached for _, cached in prefixes]

@@ -1,9 +1,14 @@
 """KV-cache surgery for continuous batching: merge rows of different lengths, drop rows, snapshot.
 
-The running batch keeps ONE transformers `DynamicCache` whose layers hold [rows, kv_heads, T, head_dim]
-tensors, LEFT-padded to a common length T, plus a [rows, T] attention mask (1 = a real position).
+The running batch keeps ONE cache whose layers hold [rows, kv_heads, T, head_dim] tensors,
+LEFT-padded to a common length T, plus a [rows, T] attention mask (1 = a real position).
 Rows keep their own position ids (see `BatchState.positions`), so padding never shifts a row's
 rotary positions and a row's tokens are the same batched or alone.
+
+Two kinds of cache hold the same tensors (`CacheKind`): a transformers `DynamicCache` for the
+transformers forward (`TransformersCaches`), and `KVCache`, plain torch, for the native forward
+(`PlainCaches`: importing it costs no transformers). Either way the running batch's layers append in
+place into buffers with spare room (`GrowingKV`).
 
 Every operation here builds new tensors (cat, index, slice) and never writes into existing ones:
 a prefix-cache snapshot can therefore share its tensors with any number of rows without copies.
@@ -12,7 +17,7 @@ a prefix-cache snapshot can therefore share its tensors with any number of rows 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 #: One layer's (keys, values), each [rows, kv_heads, T, head_dim].
 LayerKV = tuple[Any, Any]
@@ -21,44 +26,69 @@ LayerKV = tuple[Any, Any]
 SPARE_POSITIONS = 64
 
 
-def _growing_layer_class() -> type:
-    """A DynamicLayer that appends in place into a buffer with spare room.
+class GrowingKV:
+    """One layer's keys and values in buffers with spare room: an update writes in place.
 
     transformers' DynamicLayer appends with torch.cat, copying the whole cache at every decode step:
     ~20% of a batch-8 step at 250 positions on a 2-core CPU. Here a step writes one position; the
-    buffer grows (one copy) by half its size when full. Returned keys/values are views of the buffer.
+    buffer grows (one copy) by half its size when full. `keys`/`values` are views of the buffers.
     """
-    from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):
-        def __init__(self, keys: Any, values: Any, spare: int) -> None:
-            super().__init__()
-            self.device = keys.device
-            self.is_initialized = True
-            self._length = int(keys.shape[-2])
-            self._k = _with_room(keys, self._length + spare)
-            self._v = _with_room(values, self._length + spare)
-            self._expose()
+    keys: Any
+    values: Any
 
-        def _expose(self) -> None:
-            self.keys = self._k[..., : self._length, :]
-            self.values = self._v[..., : self._length, :]
+    def _setup(self, keys: Any, values: Any, spare: int) -> None:
+        self._length = int(keys.shape[-2])
+        self._k = _with_room(keys, self._length + spare)
+        self._v = _with_room(values, self._length + spare)
+        self._expose()
 
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            end = self._length + int(key_states.shape[-2])
-            if end > self._k.shape[-2]:
-                capacity = end + max(SPARE_POSITIONS, self._k.shape[-2] // 2)
-                self._k, self._v = _with_room(self.keys, capacity), _with_room(self.values, capacity)
-            self._k[..., self._length : end, :] = key_states
-            self._v[..., self._length : end, :] = value_states
-            self._length = end
-            self._expose()
-            return self.keys, self.values
+    def _expose(self) -> None:
+        self.keys = self._k[..., : self._length, :]
+        self.values = self._v[..., : self._length, :]
 
-        def get_seq_length(self) -> int:
-            return self._length
+    def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        end = self._length + int(key_states.shape[-2])
+        if end > self._k.shape[-2]:
+            capacity = end + max(SPARE_POSITIONS, self._k.shape[-2] // 2)
+            self._k, self._v = _with_room(self.keys, capacity), _with_room(self.values, capacity)
+        self._k[..., self._length : end, :] = key_states
+        self._v[..., self._length : end, :] = value_states
+        self._length = end
+        self._expose()
+        return self.keys, self.values
 
-    return GrowingLayer
+    def get_seq_length(self) -> int:
+        return self._length
+
+
+class PlainLayer(GrowingKV):
+    """GrowingKV for the native forward; it can also hand out the next free column to be written in
+    place (`slot` / `commit`), with `keys`/`values` views made only when asked for."""
+
+    def __init__(self, keys: Any, values: Any, spare: int) -> None:
+        self._setup(keys, values, spare)
+
+    def _expose(self) -> None:
+        pass
+
+    @property
+    def keys(self) -> Any:
+        return self._k[..., : self._length, :]
+
+    @property
+    def values(self) -> Any:
+        return self._v[..., : self._length, :]
+
+    def slot(self) -> tuple[Any, Any, int]:
+        """(key buffer, value buffer, column) to write one new position into; `commit()` after writing."""
+        if self._length + 1 > self._k.shape[-2]:
+            capacity = self._length + 1 + max(SPARE_POSITIONS, self._k.shape[-2] // 2)
+            self._k, self._v = _with_room(self.keys, capacity), _with_room(self.values, capacity)
+        return self._k, self._v, self._length
+
+    def commit(self) -> None:
+        self._length += 1
 
 
 def _with_room(tensor: Any, capacity: int) -> Any:
@@ -68,7 +98,69 @@ def _with_room(tensor: Any, capacity: int) -> Any:
     return buffer
 
 
+class KVCache:
+    """The native forward's cache: a list of layers, each with `keys`, `values` and `update()`."""
+
+    def __init__(self, layers: list[Any]) -> None:
+        self.layers = layers
+
+    def get_seq_length(self) -> int:
+        return int(self.layers[0].get_seq_length()) if self.layers else 0
+
+
+class _FixedLayer:
+    """A layer holding exactly the given tensors (a snapshot or a prefill result): never written to."""
+
+    def __init__(self, keys: Any, values: Any) -> None:
+        self.keys, self.values = keys, values
+
+    def get_seq_length(self) -> int:
+        return int(self.keys.shape[-2])
+
+
+class CacheKind(Protocol):
+    """Builds the cache object a model's forward expects around a list of per-layer tensors."""
+
+    def of(self, layers: list[LayerKV], spare: int = 0) -> Any:
+        """spare=0: exactly these tensors, no copy; spare>0: a copy in growing buffers (updates in place)."""
+        ...
+
+
+class PlainCaches:
+    def of(self, layers: list[LayerKV], spare: int = 0) -> KVCache:
+        if spare > 0:
+            return KVCache([PlainLayer(keys, values, spare) for keys, values in layers])
+        return KVCache([_FixedLayer(keys, values) for keys, values in layers])
+
+
+def _growing_layer_class() -> type:
+    """GrowingKV as a transformers DynamicLayer, for the transformers forward."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(GrowingKV, DynamicLayer):
+        def __init__(self, keys: Any, values: Any, spare: int) -> None:
+            DynamicLayer.__init__(self)
+            self.device = keys.device
+            self.is_initialized = True
+            self._setup(keys, values, spare)
+
+    return GrowingLayer
+
+
 _GROWING: list[type] = []
+
+
+class TransformersCaches:
+    """DynamicCache objects for a transformers model with this config."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def empty(self) -> Any:
+        return new_cache(self.config)
+
+    def of(self, layers: list[LayerKV], spare: int = 0) -> Any:
+        return cache_from(self.config, layers, spare)
 
 
 def new_cache(config: Any) -> Any:
@@ -133,9 +225,9 @@ def pad_rows(rows: list[list[LayerKV]], width: int) -> list[LayerKV]:
 
 @dataclass
 class BatchState:
-    """The running batch: its cache, attention mask and each row's next position id."""
+    """The running batch: its cache (built by `caches`), attention mask and each row's next position id."""
 
-    config: Any
+    caches: CacheKind
     cache: Any = None
     mask: Any = None  # LongTensor [rows, T]
     positions: list[int] = field(default_factory=list)
@@ -148,7 +240,7 @@ class BatchState:
         """Append one prefilled row (a single-row cache without padding)."""
         import torch
 
-        other = BatchState(self.config, row_cache, torch.ones((1, seq_length(row_cache)), dtype=torch.long),
+        other = BatchState(self.caches, row_cache, torch.ones((1, seq_length(row_cache)), dtype=torch.long),
                            [next_position])
         self.extend(other)
 
@@ -159,7 +251,7 @@ class BatchState:
         if other.size == 0:
             return
         if self.size == 0:
-            self.cache = cache_from(self.config, layers_of(other.cache), SPARE_POSITIONS)
+            self.cache = self.caches.of(layers_of(other.cache), SPARE_POSITIONS)
             self.mask, self.positions = other.mask, list(other.positions)
             return
         width = max(self.mask.shape[1], other.mask.shape[1])
@@ -170,7 +262,7 @@ class BatchState:
             for (bk, bv), (ok, ov) in zip(layers_of(self.cache), layers_of(other.cache), strict=True)
         ]
         self.mask = torch.cat([_pad_mask(self.mask, grow), _pad_mask(other.mask, other_pad)])
-        self.cache = cache_from(self.config, merged, SPARE_POSITIONS)
+        self.cache = self.caches.of(merged, SPARE_POSITIONS)
         self.positions = self.positions + list(other.positions)
 
     def keep_rows(self, keep: list[int]) -> None:
@@ -190,7 +282,7 @@ class BatchState:
             (k.index_select(0, index)[..., start:, :], v.index_select(0, index)[..., start:, :])
             for k, v in layers_of(self.cache)
         ]
-        self.cache = cache_from(self.config, layers, SPARE_POSITIONS)
+        self.cache = self.caches.of(layers, SPARE_POSITIONS)
         self.mask = mask[:, start:]
         self.positions = [self.positions[i] for i in keep]
 

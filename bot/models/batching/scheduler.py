@@ -44,12 +44,11 @@ from typing import Any
 from bot.domain.persona import GenerationParams
 from bot.domain.stops import StopScanner
 from bot.errors import ModelBusy, ModelError, PromptTooLong
-from bot.models.batching import forward
-from bot.models.batching.decode import FastPath
 from bot.models.batching.health import WorkerHealth
 from bot.models.batching.kv import BatchState
 from bot.models.batching.prefix_cache import PrefixCache
 from bot.models.batching.rows import LIVENESS_POLL_S, Finished, FinishReason, Request, RowStream, Sink, SoftPrompt
+from bot.models.batching.runner import runner_for
 from bot.models.batching.sampling import Detokenizer, choose_tokens
 
 log = logging.getLogger(__name__)
@@ -106,8 +105,9 @@ class BatchScheduler:
         liveness_poll_s: float = LIVENESS_POLL_S,
         fast_decode: bool = True,
     ) -> None:
-        """`resolve_model`, if given, returns the module to call at each step (an AdapterBank's
-        generator becomes a PeftModel once the first LoRA is loaded); otherwise `model` is used.
+        """`model`: a transformers causal LM, or a model that serves itself (`batch_runner()`: the
+        native Llama forward). `resolve_model`, if given, returns the transformers module to call at
+        each step (an AdapterBank's generator becomes a PeftModel once the first LoRA is loaded).
         `stall_timeout_s`: a consumer gives up when the worker spent that long in one step.
         `max_restarts`: crashes of the worker loop survived per minute before the scheduler breaks.
         `fast_decode`: decode steps through `FastDecoder` where the model allows (False: transformers)."""
@@ -118,18 +118,15 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.prefix_cache = PrefixCache(prompt_cache_entries, prompt_cache_bytes) if prompt_cache else None
         self.stats = SchedulerStats()
-        self._resolve = resolve_model or (lambda: model)
-        self._fast = FastPath.for_model(model) if fast_decode else None
-        base = forward.base_of(model)
-        self._config = base.config
-        self._max_positions = int(getattr(base.config, "max_position_embeddings", 2048) or 2048)
-        self._eos = _eos_ids(base, tokenizer)
+        self._runner = runner_for(model, resolve_model, fast_decode=fast_decode)
+        self._max_positions = self._runner.max_positions
+        self._eos = self._runner.eos_ids(tokenizer)
         self._lock = model_lock if model_lock is not None else contextlib.nullcontext()
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._active: list[_Row] = []  # worker thread only; same order as the batch rows
         self._active_count = 0  # len(_active) as seen under _cond, for admission control
-        self._batch = BatchState(self._config)
+        self._batch = BatchState(self._runner.caches)
         self._admitting: list[Request] = []  # worker thread only: taken from the queue, not yet active
         self._health = WorkerHealth(stall_timeout_s)
         self._max_restarts = max_restarts
@@ -315,35 +312,34 @@ class BatchScheduler:
             return admitted
 
     def _step(self, admitted: list[Request]) -> None:
-        model = self._resolve()
         self._retire([i for i, row in enumerate(self._active) if row.request.cancelled.is_set()])
-        self._drop_orphans(model)
+        self._drop_orphans()
         if admitted:
-            self._admit(model, admitted)
+            self._admit(admitted)
             self._admitting = []
         if self._active:
-            self._decode(model)
+            self._decode()
 
-    def _drop_orphans(self, model: Any) -> None:
+    def _drop_orphans(self) -> None:
         """Rows whose LoRA was unloaded (a retrained adapter replaced it) would fail the whole batched
         forward pass: end them alone."""
-        orphans = [i for i, row in enumerate(self._active) if not forward.has_adapter(model, row.request.lora)]
+        orphans = [i for i, row in enumerate(self._active) if not self._runner.has_adapter(row.request.lora)]
         for i in orphans:
             self._fail_row(self._active[i], ModelError(f"adapter {self._active[i].request.lora!r} was unloaded "
                                                        "while replying"))
         self._retire(orphans, already_ended=True)
 
-    def _admit(self, model: Any, requests: list[Request]) -> None:
+    def _admit(self, requests: list[Request]) -> None:
         """Prefill new rows together, choose their first tokens, and merge the survivors into the batch."""
         started = time.perf_counter()
         for request in requests:
             request.admitted = started
         try:
-            state, logits, cached = forward.prefill(model, requests, self.prefix_cache)
+            state, logits, cached = self._runner.prefill(requests, self.prefix_cache)
         except Exception as exc:
             if len(requests) > 1:  # find the culprit: the others deserve their replies
                 for request in requests:
-                    self._admit(model, [request])
+                    self._admit([request])
                 return
             log.exception("prefill failed")
             self.stats.failed += 1
@@ -365,18 +361,12 @@ class BatchScheduler:
         self._batch.extend(state)
         self.stats.max_rows = max(self.stats.max_rows, len(self._active))
 
-    def _decode(self, model: Any) -> None:
+    def _decode(self) -> None:
         started = time.perf_counter()
         mask, positions = self._batch.step_inputs()
         loras = [row.request.lora for row in self._active]
         tokens = [row.pending for row in self._active]
-        if self._fast is not None and self._fast.usable(model):
-            logits = self._fast.decoder(self._batch.cache, loras, tokens, mask, positions)
-        else:
-            import torch
-
-            logits = forward.call(model, self._batch.cache, loras, input_ids=torch.tensor(tokens).unsqueeze(1),
-                                  attention_mask=mask, position_ids=positions)
+        logits = self._runner.decode(self._batch.cache, loras, tokens, mask, positions)
         self._batch.advance(mask)
         self.stats.steps += 1
         self.stats.decoded += len(self._active)
@@ -458,7 +448,7 @@ class BatchScheduler:
         """End every row the worker holds (admitted or active) with an error and reset the batch."""
         held = [row.request for row in self._active] + self._admitting
         self._active, self._admitting = [], []
-        self._batch = BatchState(self._config)
+        self._batch = BatchState(self._runner.caches)
         with self._cond:
             self._active_count = 0
         self.stats.failed += sum(not request.ended for request in held)
@@ -472,12 +462,3 @@ class BatchScheduler:
             request.fail(exc)
         self._fail_held(exc)
 
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if configured is not None:
-        ids.update(configured if isinstance(configured, list) else [configured])
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)

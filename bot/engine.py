@@ -37,7 +37,6 @@ from bot.domain.variants import choose_variant
 from bot.domain.writes import AppendTurns
 from bot.errors import BotError, ModelBusy, ModelError
 from bot.journal.stores import JournaledStores
-from bot.models.streaming import stream_chat
 from bot.ports import BoundModel, FeedbackLog, MemoryStore, ModelProvider, PersonaRegistry
 from bot.settings import MemorySettings
 
@@ -330,8 +329,7 @@ class ChatEngine:
         self, bound: BoundModel, prompt: AssembledPrompt, *, failed: FailedReply
     ) -> AsyncIterator[AIMessageChunk]:
         try:
-            # astream's chunks, without its callback run when no callback or tracer is configured.
-            async for chunk in stream_chat(bound.chat_model, to_langchain(prompt.messages)):
+            async for chunk in bound.chat_model.astream(to_langchain(prompt.messages)):
                 yield chunk
         except ModelBusy:
             raise  # load, not this persona's fault: no failure noted

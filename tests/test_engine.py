@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import AsyncCallbackHandler, AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackHandler, CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult, LLMResult
 from langchain_core.tracers.context import collect_runs
 
 from bot.app import Runtime, build_runtime
@@ -24,7 +24,6 @@ from bot.domain.persona import Persona
 from bot.engine import ReplyFinished, TextDelta, to_langchain
 from bot.errors import ModelError, PersonaNotFound
 from bot.models.scripted import ScriptedChatModel, approx_token_count
-from bot.models.streaming import can_skip_run_manager, stream_chat
 from bot.ports import BoundModel
 from bot.redis_conn import EmbeddedRedis
 from bot.settings import RedisSettings, Settings
@@ -207,36 +206,7 @@ async def test_reply_has_released_the_conversation_lock_when_it_returns(runtime:
     assert not runtime.engine.locks.busy("c1")
 
 
-# -- streaming without LangChain's run bookkeeping (bot.models.streaming) ------------------------
-
-
-class _MetadataModel(ScriptedChatModel):
-    """Chunks with generation_info, their own response metadata and a message id, like API backends."""
-
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        for i, piece in enumerate(["one ", "two"]):
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(content=piece, id="msg-1", response_metadata={"model_name": "m"}),
-                generation_info={"finish_reason": "stop"} if i else None,
-            )
-
-
-class _EmptyModel(ScriptedChatModel):
-    async def _astream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        return
-        yield  # an async generator that yields nothing
+# -- the engine streams through LangChain's public astream: callbacks, tracing, non-streaming models --
 
 
 class _NonStreamingModel(BaseChatModel):
@@ -266,68 +236,30 @@ class _Tokens(AsyncCallbackHandler):
         self.ended += 1
 
 
-PROMPT: list[BaseMessage] = [SystemMessage(content="be brief"), HumanMessage(content="hello there")]
+class _Fixed:
+    """A ModelProvider handing every persona the same chat model."""
+
+    def __init__(self, model: BaseChatModel) -> None:
+        self.model = model
+
+    def bind(self, persona: Persona) -> BoundModel:
+        return BoundModel(self.model, "test", "test", persona.adapter, 4096, approx_token_count)
 
 
-def comparable(chunks: list[AIMessageChunk]) -> list[dict[str, Any]]:
-    """Chunks without their run id (a fresh id per call), which is checked separately."""
-    return [c.model_dump(exclude={"id"}) for c in chunks]
-
-
-def assert_run_ids(chunks: list[AIMessageChunk], own: str | None = None) -> None:
-    ids = {c.id for c in chunks}
-    run_ids = {i for i in ids if i != own}
-    assert len(run_ids) == 1 and next(iter(run_ids)).startswith("lc_run-")
-
-
-@pytest.mark.parametrize("make", [lambda: ScriptedChatModel(persona_name="Ada"), _MetadataModel])
-async def test_fast_stream_yields_what_astream_yields(make: Any) -> None:
-    model = make()
-    assert can_skip_run_manager(model, PROMPT)
-    expected = [c async for c in make().astream(PROMPT)]
-    got = [c async for c in stream_chat(model, PROMPT)]
-    assert comparable(got) == comparable(expected)
-    assert got[-1].chunk_position == "last"
-    assert [c.usage_metadata for c in got] == [c.usage_metadata for c in expected]
-    assert_run_ids(got, own="msg-1")
-    assert [c.id == "msg-1" for c in got] == [c.id == "msg-1" for c in expected]
-
-
-async def test_fast_stream_raises_what_astream_raises() -> None:
-    failing = ScriptedChatModel(fail_on="BOOM")
-    prompt: list[BaseMessage] = [HumanMessage(content="BOOM")]
-    with pytest.raises(RuntimeError) as slow:
-        [c async for c in failing.astream(prompt)]
-    with pytest.raises(RuntimeError) as fast:
-        [c async for c in stream_chat(failing, prompt)]
-    assert str(fast.value) == str(slow.value)
-    with pytest.raises(ValueError, match="No generation chunks"):
-        [c async for c in stream_chat(_EmptyModel(), PROMPT)]
-    with pytest.raises(ValueError, match="No generation chunks"):
-        [c async for c in _EmptyModel().astream(PROMPT)]
-
-
-async def test_configured_callbacks_and_tracing_still_see_the_run() -> None:
+async def test_callbacks_and_tracing_see_each_reply(settings: Settings) -> None:
     handler = _Tokens()
     model = ScriptedChatModel(persona_name="Ada", callbacks=[handler])
-    assert not can_skip_run_manager(model, PROMPT)
-    text = "".join([str(c.content) async for c in stream_chat(model, PROMPT)])
-    assert handler.tokens and "".join(handler.tokens) == text and handler.ended == 1
-
-    plain = ScriptedChatModel(persona_name="Ada")
-    with collect_runs() as runs:  # a configure hook, as LangSmith tracing is
-        assert not can_skip_run_manager(plain, PROMPT)
-        [c async for c in stream_chat(plain, PROMPT)]
-    assert len(runs.traced_runs) == 1
+    async with build_runtime(settings, model_provider=_Fixed(model)) as rt:
+        reply = await rt.engine.reply(ask("hello there"))
+        assert "".join(handler.tokens).strip() == reply.text and handler.ended == 1
+        with collect_runs() as runs:  # a configure hook, as LangSmith tracing is
+            await rt.engine.reply(ask("and again"))
+        assert len(runs.traced_runs) == 1
 
 
-async def test_models_that_cannot_take_the_fast_path_go_through_astream() -> None:
-    whole = [c async for c in stream_chat(_NonStreamingModel(), PROMPT)]  # astream falls back to ainvoke
-    assert [c.content for c in whole] == ["whole"]
-    assert not can_skip_run_manager(_NonStreamingModel(), PROMPT)
-    assert not can_skip_run_manager(ScriptedChatModel(disable_streaming=True), PROMPT)
-    multimodal: list[BaseMessage] = [HumanMessage(content=[{"type": "text", "text": "hi"}])]
-    assert not can_skip_run_manager(ScriptedChatModel(), multimodal)
+async def test_a_model_that_cannot_stream_answers_whole(settings: Settings) -> None:
+    async with build_runtime(settings, model_provider=_Fixed(_NonStreamingModel())) as rt:
+        assert (await rt.engine.reply(ask("hello"))).text == "whole"
 
 
 def test_langchain_messages_are_built_once_and_equal_fresh_ones() -> None:

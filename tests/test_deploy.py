@@ -74,6 +74,12 @@ def test_setup_installs_the_cpu_torch_build_on_linux() -> None:
     assert "--index-url https://download.pytorch.org/whl/cpu" in (REPO / "Dockerfile").read_text()
 
 
+def test_the_image_has_a_c_compiler_for_the_local_kernels() -> None:
+    # bot/models/cbuild.py looks for cc, gcc or clang; python:*-slim ships none of them.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"apt-get install [^\n]*\bgcc\b", dockerfile)
+
+
 SHIPPED = [
     "README.md", "BENCHMARKS.md", "docker-compose.yml", "Dockerfile", "adapters/README.md",
     *(str(p.relative_to(REPO)) for p in sorted((REPO / "docs").glob("*.md"))),

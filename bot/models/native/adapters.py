@@ -1,10 +1,11 @@
 """Adapters on the native forward: LoRA read straight from PEFT's files, soft prompts as embeddings.
 
-`NativeAdapterBank` is `bot.adapters.AdapterBank` without PEFT: the same API (current / ensure / check /
-has_room, an LRU of at most `max_loaded_lora` LoRA adapters that never unloads one a row still names),
-but loading an adapter reads `adapter_model.safetensors` + `adapter_config.json` and registers its
-A/B matrices in `model.loras`, where the native forward applies them per row (B(A(x)) * scaling, as
-PEFT computes it). That takes milliseconds instead of PEFT's walk over every module.
+`NativeAdapterBank` is `bot.adapters.AdapterBank` without PEFT: the same bookkeeping (bot.adapters.lru:
+current / ensure / check / has_room, an LRU of at most `max_loaded_lora` LoRA adapters that never
+unloads one a row still names), but loading an adapter reads `adapter_model.safetensors` +
+`adapter_config.json` and registers its A/B matrices in `model.loras`, where the native forward
+applies them per row (B(A(x)) * scaling, as PEFT computes it). That takes milliseconds instead of
+PEFT's walk over every module.
 
 `lora_problem(config, tensor names)` says why an adapter needs PEFT (DoRA, biases, per-module ranks,
 targets outside the decoder's projections...): the loader then serves the model with transformers.
@@ -12,22 +13,16 @@ targets outside the decoder's projections...): the loader then serves the model 
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bot.adapters.bank import BankStats, LoadedAdapter, _fingerprint, _return_freed_memory
 from bot.adapters.errors import AdapterError
-from bot.adapters.spec import CONFIG_FILE, PROMPT_KEY, AdapterKind, BaseModelInfo, check_compatible, read_adapter
-from bot.models.native.model import LoraWeights, NativeLlama
-
-log = logging.getLogger(__name__)
+from bot.adapters.lru import AdapterLru
+from bot.adapters.spec import CONFIG_FILE, AdapterSpec
+from bot.models.native.model import LoraWeights
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(?P<layer>\d+)\.(?P<proj>(?:self_attn|mlp)\.\w+)"
                   r"\.lora_(?P<part>A|B)(?:\.[\w-]+)?\.weight$")
@@ -81,38 +76,11 @@ def lora_weights(name: str, config: dict[str, Any], tensors: dict[str, Any], lay
     return LoraWeights(name, _scaling(config), per_layer, nbytes)
 
 
-class NativeAdapterBank:
-    def __init__(self, model: NativeLlama, base: BaseModelInfo, *, max_loaded_lora: int | None = None,
-                 in_use: Callable[[], set[str]] | None = None) -> None:
-        if max_loaded_lora is not None and max_loaded_lora < 1:
-            raise ValueError("max_loaded_lora must be >= 1")
-        self.base_model = model
-        self.base = base
-        self.max_loaded_lora = max_loaded_lora
-        self.stats = BankStats()
-        self._in_use = in_use or set
-        self._by_path: OrderedDict[Path, LoadedAdapter] = OrderedDict()  # least recently used first
-        self._names: set[str] = {"__base__"}
+class NativeAdapterBank(AdapterLru):
+    check_reads_weights = False  # config and tensor headers say all `_check` needs
 
-    def adapters(self) -> list[LoadedAdapter]:
-        return list(self._by_path.values())
-
-    def current(self, path: str | Path) -> LoadedAdapter | None:
-        resolved = Path(path).expanduser().resolve()
-        adapter = self._by_path.get(resolved)
-        if adapter is None or adapter.fingerprint != _fingerprint(resolved):
-            return None
-        with contextlib.suppress(KeyError):
-            self._by_path.move_to_end(resolved)
-        return adapter
-
-    def check(self, path: str | Path, persona_id: str | None = None) -> AdapterKind:
-        spec = read_adapter(Path(path), persona_id, load_weights=False)
-        self._check(spec, persona_id)
-        return spec.kind
-
-    def _check(self, spec: Any, persona_id: str | None) -> None:
-        check_compatible(spec, self.base, self.base_model, persona_id)
+    def _check(self, spec: AdapterSpec, persona_id: str | None) -> None:
+        super()._check(spec, persona_id)
         if spec.kind == "lora":
             problem = lora_problem(spec.config, spec.shapes)
             if problem is not None:
@@ -120,74 +88,18 @@ class NativeAdapterBank:
                                    "(BOT_MODEL__ENGINE=transformers, or restart with the adapter in place: "
                                    "the engine is chosen at start-up)", persona_id=persona_id)
 
-    def ensure(self, path: str | Path, persona_id: str | None = None) -> LoadedAdapter:
-        loaded = self.current(path)
-        if loaded is not None:
-            return loaded
-        started = time.perf_counter()
-        resolved = Path(path).expanduser().resolve()
-        previous = self._by_path.get(resolved)
-        fingerprint = _fingerprint(resolved)
-        spec = read_adapter(Path(path), persona_id)
-        self._check(spec, persona_id)
-        name = self._new_name(resolved)
-        if spec.kind == "prompt":
-            adapter = LoadedAdapter(name, "prompt", resolved, spec.tensors[PROMPT_KEY].float(), fingerprint)
-        else:
-            try:
-                weights = lora_weights(name, spec.config, spec.tensors, self.base_model.shape.num_layers)
-            except (ValueError, KeyError, TypeError) as exc:
-                self._names.discard(name)
-                raise AdapterError(str(path), f"unreadable LoRA weights: {exc}", persona_id=persona_id) from exc
-            self.base_model.loras[name] = weights
-            adapter = LoadedAdapter(name, "lora", resolved, None, fingerprint)
-        if previous is not None:
-            self._forget(previous)
-            del self._by_path[resolved]
-        self._by_path[resolved] = adapter
-        self.stats.loads += 1
-        self.stats.load_seconds += time.perf_counter() - started
-        log.info("adapter %s (%s) loaded from %s", name, adapter.kind, path)
-        if adapter.kind == "lora":
-            self._evict(keep=adapter)
-        return adapter
+    def _soft_prompt(self, tensor: Any) -> Any:
+        return tensor.float()
 
-    def has_room(self) -> bool:
-        return self.max_loaded_lora is None or self.loaded_lora() < self.max_loaded_lora
+    def _load_lora(self, spec: AdapterSpec, name: str, persona_id: str | None) -> None:
+        try:
+            weights = lora_weights(name, spec.config, spec.tensors, self.base_model.shape.num_layers)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AdapterError(str(spec.path), f"unreadable LoRA weights: {exc}", persona_id=persona_id) from exc
+        self.base_model.loras[name] = weights
 
-    def loaded_lora(self) -> int:
-        return sum(1 for a in self._by_path.values() if a.kind == "lora")
-
-    def _evict(self, keep: LoadedAdapter) -> None:
-        if self.max_loaded_lora is None:
-            return
-        excess = self.loaded_lora() - self.max_loaded_lora
-        if excess <= 0:
-            return
-        busy = self._in_use()
-        for path, adapter in list(self._by_path.items()):
-            if excess <= 0:
-                break
-            if adapter.kind != "lora" or adapter is keep or adapter.name in busy:
-                continue
-            self._forget(adapter)
-            del self._by_path[path]
-            self.stats.evictions += 1
-            excess -= 1
-        _return_freed_memory()
-
-    def _new_name(self, path: Path) -> str:
-        stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.name) or "adapter"
-        name, n = stem, 1
-        while name in self._names:
-            n += 1
-            name = f"{stem}-v{n}"
-        self._names.add(name)
-        return name
-
-    def _forget(self, adapter: LoadedAdapter) -> None:
-        self.base_model.loras.pop(adapter.name, None)
-        self._names.discard(adapter.name)
+    def _unload_lora(self, name: str) -> None:
+        self.base_model.loras.pop(name, None)
 
 
 def scan_adapters(root: Path) -> Iterable[Path]:

@@ -19,6 +19,8 @@ from bot.domain.persona import GenerationParams
 from bot.errors import ModelError
 from bot.models.batching import BatchScheduler, Finished, RowStream, SoftPrompt
 from bot.models.local_loader import LoadedModel
+from tests.rows import collect as finished
+from tests.rows import encode
 
 pytestmark = pytest.mark.model
 
@@ -28,18 +30,8 @@ QUESTIONS = ["What is the capital of France?", "Name three colours.", "How do I 
 WAIT_S = 60.0  # every wait in these tests has an end
 
 
-def encode(loaded: LoadedModel, question: str) -> list[int]:
-    messages = [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": question}]
-    return list(loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     return_dict=True)["input_ids"])
-
-
 async def collect(stream: RowStream) -> Finished:
-    async with stream, asyncio.timeout(WAIT_S):
-        async for item in stream:
-            if isinstance(item, Finished):
-                return item
-    raise AssertionError("stream ended without Finished")
+    return await finished(stream, WAIT_S)
 
 
 async def outcome(stream: RowStream) -> Finished | ModelError:

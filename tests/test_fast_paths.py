@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +17,12 @@ import torch
 
 from bot.domain.persona import GenerationParams
 from bot.models import w8kernel
-from bot.models.batching import BatchScheduler, Finished, RowStream, SoftPrompt
+from bot.models.batching import SoftPrompt
 from bot.models.local_loader import LoadedModel, load_local_model, quantize_for_serving
 from bot.models.quant import is_quantized
 from bot.settings import ModelSettings
 from tests.conftest import MODEL_CACHE
+from tests.rows import collect, encode, run_rows, scheduler
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=10, repetition_penalty=1.0)
 QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write a poem about the sea."]
@@ -61,40 +59,6 @@ def test_int8_kernel_matches_its_dequantized_weights_row_by_row(kernel: w8kernel
         assert torch.equal(kernel.matmul(x[i : i + 1].contiguous(), qweight, scales)[0], together[i])
 
 
-def encode(loaded: LoadedModel, question: str) -> list[int]:
-    messages = [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": question}]
-    return list(loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     return_dict=True)["input_ids"])
-
-
-async def collect(stream: RowStream) -> Finished:
-    async with stream, asyncio.timeout(120):
-        async for item in stream:
-            if isinstance(item, Finished):
-                return item
-    raise AssertionError("stream ended without Finished")
-
-
-@contextlib.contextmanager
-def scheduler(model: Any, tokenizer: Any, **kwargs: Any) -> Iterator[BatchScheduler]:
-    s = BatchScheduler(model, tokenizer, **kwargs)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-async def run_rows(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batched: bool,
-                   fast: bool = True) -> list[tuple[int, ...]]:
-    with scheduler(model, tokenizer, max_batch=8 if batched else 1, fast_decode=fast) as s:
-        if batched:
-            results = await asyncio.gather(*(collect(s.submit(**row)) for row in rows))
-            assert s.stats.max_rows == len(rows)
-        else:
-            results = [await collect(s.submit(**row)) for row in rows]
-    return [r.token_ids for r in results]
-
-
 def lora_model(loaded: LoadedModel) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -126,8 +90,8 @@ async def test_fast_decode_gives_transformers_tokens_for_plain_lora_and_soft_pro
     loaded = load_local_model(ModelSettings(), MODEL_CACHE)  # private: PEFT wraps it in place
     model = lora_model(loaded)
     rows = mixed_rows(loaded)
-    reference = await run_rows(model, loaded.tokenizer, rows, batched=True, fast=False)
-    fast = await run_rows(model, loaded.tokenizer, rows, batched=True, fast=True)
+    reference = await run_rows(model, loaded.tokenizer, rows, batched=True, fast_decode=False)
+    fast = await run_rows(model, loaded.tokenizer, rows, batched=True, fast_decode=True)
     assert fast == reference
     assert len(set(reference)) == len(rows)  # every adapter really changes the reply
 
@@ -185,7 +149,7 @@ async def test_int8_batched_rows_with_lora_on_top_equal_the_rows_alone(int8_mode
     together = await run_rows(model, int8_model.tokenizer, rows, batched=True)
     assert together == alone
     # The fused q/k/v and gate/up kernel calls + LoRA deltas compute what PEFT's own forward does.
-    assert await run_rows(model, int8_model.tokenizer, rows, batched=True, fast=False) == together
+    assert await run_rows(model, int8_model.tokenizer, rows, batched=True, fast_decode=False) == together
     # Bounded divergence from float32: the plain row's reply starts like the float32 model's.
     with scheduler(local_model.model, local_model.tokenizer) as s:
         reference = await collect(s.submit(**rows[0]))

@@ -14,10 +14,8 @@ Tests that need a C compiler skip without one; the float32 torch path runs every
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 from bot.domain.persona import GenerationParams
 from bot.errors import ModelError, ModelLoadError
 from bot.models import qkernel
-from bot.models.batching import BatchScheduler, Finished, RowStream, SoftPrompt
+from bot.models.batching import SoftPrompt
 from bot.models.local_loader import LoadedModel, load_for_serving, load_local_model, load_native_model
 from bot.models.native import ops
 from bot.models.native.adapters import NativeAdapterBank
@@ -35,6 +33,7 @@ from bot.models.native.tokenizer import PROBE_CHATS, mismatches
 from bot.models.runtime import LocalRuntime, base_info
 from bot.settings import ModelSettings
 from tests.conftest import MODEL_CACHE
+from tests.rows import collect, encode, run_rows, scheduler
 
 pytestmark = pytest.mark.model
 
@@ -56,40 +55,6 @@ def native(quantize: str = "none", *, c_ops: bool = True) -> LoadedModel:
     if not c_ops:
         loaded.model.ops = None
     return loaded
-
-
-def encode(loaded: LoadedModel, question: str, system: str = "Answer in one short sentence.") -> list[int]:
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    return list(loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     return_dict=True)["input_ids"])
-
-
-async def collect(stream: RowStream) -> Finished:
-    async with stream, asyncio.timeout(120):
-        async for item in stream:
-            if isinstance(item, Finished):
-                return item
-    raise AssertionError("stream ended without Finished")
-
-
-@contextlib.contextmanager
-def scheduler(model: Any, tokenizer: Any, **kwargs: Any) -> Iterator[BatchScheduler]:
-    s = BatchScheduler(model, tokenizer, **kwargs)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-async def run_rows(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batched: bool = True,
-                   **kwargs: Any) -> list[tuple[int, ...]]:
-    with scheduler(model, tokenizer, max_batch=8 if batched else 1, **kwargs) as s:
-        if batched:
-            results = await asyncio.gather(*(collect(s.submit(**row)) for row in rows))
-            assert s.stats.max_rows == len(rows)
-        else:
-            results = [await collect(s.submit(**row)) for row in rows]
-    return [r.token_ids for r in results]
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------

@@ -194,26 +194,6 @@ def assemble(
     opening greeting (only when the whole history fits: it opened the conversation).
     """
     turns = [t if isinstance(t, ChatMessage) else t.as_message() for t in history]
-    return _assemble(persona, system_prompt, turns, user_text, budget=budget, max_turns=max_turns,
-                     max_history_tokens=max_history_tokens, count=count, character=character,
-                     post_history=post_history, lore=lore, opening=opening)
-
-
-def _assemble(
-    persona: Persona,
-    system_prompt: str,
-    turns: list[ChatMessage],
-    user_text: str,
-    *,
-    budget: int,
-    max_turns: int,
-    max_history_tokens: int,
-    count: Callable[[str], int],
-    character: str = "",
-    post_history: str = "",
-    lore: LoreSelector | None = None,
-    opening: str = "",
-) -> AssembledPrompt:
     base_system = "\n".join(p for p in (system_prompt, character) if p)
     new = ChatMessage("user", user_text)
     tail = [ChatMessage("system", post_history)] if post_history else []
@@ -339,7 +319,7 @@ def build_prompt(
         options = greeting_options(persona.greeting, persona.alternate_greetings, persona.group_greetings)
         if greeting in options:
             opening = render(options[greeting], persona, context)
-    prompt = _assemble(
+    prompt = assemble(
         persona,
         render(persona.system_prompt, persona, context),
         turns,

@@ -15,11 +15,10 @@ import contextlib
 import logging
 import re
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bot.coordination.claims import FallbackClaims, RedisClaims
 from bot.coordination.health import RedisHealth
@@ -39,13 +38,12 @@ from bot.redis_conn import EmbeddedRedis, PersistenceRewriter, RedisHandle
 from bot.refine.redis_store import RedisRefineStore
 from bot.refine.watcher import refine_watcher
 from bot.settings import Settings
+from bot.tasks import alongside
 
 log = logging.getLogger(__name__)
 
 #: On a normal exit, how long the replayer may keep draining the journal into a Redis that answers.
 FINAL_DRAIN_S = 5.0
-#: How long a cancelled background task may take to stop.
-STOP_TASK_S = 5.0
 
 
 @dataclass
@@ -120,7 +118,7 @@ async def _redis(settings: Settings, *, watch: bool) -> AsyncIterator[tuple[Redi
     try:
         handle = await RedisHandle.connect(url, settings.redis)
         try:
-            async with _background(embedded.watch() if embedded is not None and watch else None):
+            async with alongside(embedded.watch() if embedded is not None and watch else None):
                 yield handle, embedded
         finally:
             await handle.aclose()
@@ -168,7 +166,7 @@ async def build_runtime(
                                   on_written=personas.reload)
         try:
             async with (
-                _background(replayer.run()),
+                alongside(replayer.run()),
                 canaries,
                 watching(personas, settings.personas_reload_s) as watcher,
             ):
@@ -198,28 +196,6 @@ def build_discord_state(runtime: Runtime) -> DiscordState:
         slots=FallbackSlots(slots, health),
         placements=CachedPlacements(RedisPlacements(redis), health),
     )
-
-
-@asynccontextmanager
-async def _background(coro: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
-    """Run `coro` as a task while the block runs; cancel it after. A crash is logged, never silent."""
-    if coro is None:
-        yield
-        return
-    task = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
-    task.add_done_callback(_log_crash)
-    try:
-        yield
-    finally:
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=STOP_TASK_S)
-        if not done:
-            log.error("background task %s did not stop within %.0f s; leaving it", task.get_name(), STOP_TASK_S)
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s stopped", task.get_name(), exc_info=task.exception())
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.errors import BotError
@@ -22,6 +22,7 @@ from bot.refine.experiments import Decision
 from bot.refine.manager import ExperimentManager, ExperimentPolicy, PersonaSource
 from bot.refine.store import RefineStore
 from bot.settings import RefineSettings
+from bot.tasks import alongside
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,5 @@ async def refine_watcher(settings: RefineSettings, store: RefineStore, log_: Fee
     manager = ExperimentManager(store, log_, personas, policy_of(settings), data_dir,
                                 on_written=on_written)
     watcher = RefineWatcher(manager, settings.check_interval_s)
-    task = asyncio.create_task(watcher.run(), name="refine-watcher")
-    try:
+    async with alongside(watcher.run(), name="refine-watcher"):
         yield watcher
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 import discord
 
 from bot.domain.persona import Persona
+from bot.tasks import alongside
 from bot.transports.discord.inbound import Destination
 from bot.transports.discord.sinks import ChannelSink, WebhookSink
 from bot.transports.discord.streaming import MessageSink
@@ -72,13 +73,8 @@ class Outlet:
                     return
                 await asyncio.sleep(TYPING_EVERY_S)
 
-        task = asyncio.create_task(keep_typing())
-        try:
+        async with alongside(keep_typing(), name="typing"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def react(self, message_id: int, emojis: Iterable[str]) -> None:
         """Add reactions (the rating hints); failures are only logged."""

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from bot.ports import ReplySlots, SlotsFull
+from bot.tasks import alongside
 from bot.transports.discord.lanes import Lane, Ticket
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,8 @@ class ReplyQueue:
                 await asyncio.sleep(RENEW_EVERY_S)
                 await self.slots.renew(token)
 
-        task = asyncio.create_task(renew())
-        try:
+        async with alongside(renew(), name="lease-renewal"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def estimate(self, ticket: Ticket) -> float:
         """Seconds until `ticket` should start (0 once it has)."""

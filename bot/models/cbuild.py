@@ -1,6 +1,7 @@
 """Build a small C library once with the system compiler, cache it, load it with ctypes.
 
     library = build("w8", SOURCE, FLAGS, cache_dir)     # None where it cannot be built or loaded
+    kernel = load_once("gguf-blocks", SOURCE, FLAGS, cache_dir, BlockKernel)  # built and wrapped once a process
 
 The library lands in `<cache_dir>/<name>-<hash of source and flags>.so`, written atomically, so a second
 start (or a concurrent one) loads it without compiling. No compiler, a failing build, or a CPU without
@@ -16,9 +17,17 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, Path], Any] = {}
 
 
 def cpu_supported() -> bool:
@@ -56,6 +65,17 @@ def build(name: str, source: str, flags: list[str], cache_dir: Path) -> ctypes.C
     except OSError as exc:
         log.warning("could not load the %s kernel %s (%s); not using it", name, target, exc)
         return None
+
+
+def load_once(name: str, source: str, flags: list[str], cache_dir: Path, wrap: Callable[[ctypes.CDLL], T]) -> T | None:
+    """`wrap` of the built library, built and wrapped once per process and cache directory (None where
+    it cannot be built or loaded: the caller keeps its torch path)."""
+    key = (name, cache_dir.expanduser().resolve())
+    with _LOCK:
+        if key not in _LOADED:
+            library = build(name, source, flags, key[1])
+            _LOADED[key] = None if library is None else wrap(library)
+        return _LOADED[key]
 
 
 def _compile(compiler: str, source: str, flags: list[str], target: Path) -> None:

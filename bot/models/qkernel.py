@@ -25,7 +25,6 @@ built, `load()` returns None and the model serves its float32 reference weights.
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,15 +287,6 @@ def fuse_planes(parts: list[Planes]) -> Planes:
                   None if first.m is None else torch.cat([p.m for p in parts]), first.in_features)
 
 
-_LOCK = threading.Lock()
-_LOADED: dict[Path, BlockKernel | None] = {}
-
-
 def load(cache_dir: Path) -> BlockKernel | None:
     """The compiled kernel (building it into cache_dir on first use), or None where it cannot run."""
-    cache_dir = cache_dir.expanduser().resolve()
-    with _LOCK:
-        if cache_dir not in _LOADED:
-            library = cbuild.build("gguf-blocks", SOURCE, FLAGS, cache_dir)
-            _LOADED[cache_dir] = None if library is None else BlockKernel(library)
-        return _LOADED[cache_dir]
+    return cbuild.load_once("gguf-blocks", SOURCE, FLAGS, cache_dir, BlockKernel)

@@ -17,7 +17,6 @@ the cached library. No compiler, no AVX2/FMA: `load()` returns None and the call
 from __future__ import annotations
 
 import ctypes
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +113,7 @@ class W8Kernel:
         return y
 
 
-_LOCK = threading.Lock()
-_LOADED: dict[Path, W8Kernel | None] = {}
-
-
 def load(cache_dir: Path) -> W8Kernel | None:
     """The compiled kernel (building it into cache_dir on first use), or None where it cannot run."""
-    cache_dir = cache_dir.expanduser().resolve()
-    with _LOCK:
-        if cache_dir not in _LOADED:
-            library = cbuild.build("w8", SOURCE, FLAGS, cache_dir)
-            _LOADED[cache_dir] = None if library is None else W8Kernel(library, cache_dir)
-        return _LOADED[cache_dir]
+    resolved = cache_dir.expanduser().resolve()
+    return cbuild.load_once("w8", SOURCE, FLAGS, resolved, lambda library: W8Kernel(library, resolved))

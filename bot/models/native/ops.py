@@ -18,7 +18,6 @@ operations.
 from __future__ import annotations
 
 import ctypes
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -284,16 +283,9 @@ class NativeOps:
         return descs
 
 
-_LOCK = threading.Lock()
-_LOADED: dict[Path, NativeOps | None] = {}
-
-
 def load(cache_dir: Path) -> NativeOps | None:
+    """The compiled kernel (building it into cache_dir on first use), or None where it cannot run."""
     from bot.models import qkernel
 
-    cache_dir = cache_dir.expanduser().resolve()
-    with _LOCK:
-        if cache_dir not in _LOADED:  # the block kernels are compiled in too, for decode_layers
-            library = cbuild.build("native-ops", qkernel.SOURCE + SOURCE, FLAGS, cache_dir)
-            _LOADED[cache_dir] = None if library is None else NativeOps(library)
-        return _LOADED[cache_dir]
+    # The block kernels are compiled in too, for decode_layers.
+    return cbuild.load_once("native-ops", qkernel.SOURCE + SOURCE, FLAGS, cache_dir, NativeOps)
